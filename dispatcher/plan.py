@@ -1,0 +1,113 @@
+"""Decide, for each file under SOURCE, whether it needs scoring and why.
+
+The lineage stored with each output (model, input and options it was made from) is the skip
+test: a file is redone only when it, the model or the output options changed, or with --force.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from worker import storage
+from worker.jobs import error_uri, params_key
+
+__all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan"]
+
+DEFAULT_PATTERNS = ("*.csv", "*.csv.gz")
+"""Input files picked when --pattern is not given."""
+
+_EXTENSIONS = (".csv.gz", ".csv")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user asked of a dispatch; the same for every file of the batch."""
+
+    model: str
+    model_version: str
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    suffix: str = ".out"
+    output: str | None = None
+    keep: list[str] | None = None
+    proba: bool = False
+    force: bool = False
+    model_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One file's plan: where its output goes, and the reason it is (or is not) enqueued."""
+
+    info: storage.ObjectInfo
+    output: str
+    reason: str
+
+    @property
+    def enqueue(self) -> bool:
+        return self.reason in {"new", "input changed", "model changed", "options changed", "forced"}
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    for ext in _EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)], ext
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot + ext) if stem else (name, "")
+
+
+def output_for(source: str, uri: str, suffix: str, output_prefix: str | None) -> str:
+    """``a/1.csv`` -> ``a/1.out.csv``, ``a/1.csv.gz`` -> ``a/1.out.csv.gz``; under --output if given."""
+    stem, ext = _split_ext(uri)
+    if output_prefix is None:
+        return stem + suffix + ext
+    return storage.join(output_prefix, storage.relative(source, stem + suffix + ext))
+
+
+def _is_output(uri: str, suffix: str) -> bool:
+    return _split_ext(uri)[0].endswith(suffix)
+
+
+def plan(source: str, opts: Options) -> Iterator[Planned]:
+    """The plan for every input under ``source``, in listing order. Outputs are never inputs."""
+    everything = list(storage.list_files(source, ("*",)))
+    existing = {i.uri for i in everything}
+    if opts.output is not None and (storage.is_s3(opts.output) or os.path.isdir(opts.output)):
+        existing |= {i.uri for i in storage.list_files(opts.output, ("*",))}
+    out_prefix = opts.output.rstrip("/") + "/" if opts.output else None
+    for info in everything:
+        name = info.uri.rsplit("/", 1)[-1]
+        if not any(fnmatch.fnmatch(name, p) for p in opts.patterns) or _is_output(info.uri, opts.suffix):
+            continue
+        if out_prefix and info.uri.startswith(out_prefix):
+            continue
+        output = output_for(source, info.uri, opts.suffix, opts.output)
+        yield Planned(info, output, _reason(info, output, existing, opts))
+
+
+def _reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Options) -> str:
+    if opts.force:
+        return "forced"
+    params = params_key(opts.keep, opts.proba)
+    if output in existing:
+        made = storage.read_lineage(output) or {}
+        if not made:
+            return "new"
+        if made.get("velo-input-version") != info.version:
+            return "input changed"
+        if made.get("velo-model-version") != opts.model_version:
+            return "model changed"
+        if made.get("velo-params") != params:
+            return "options changed"
+        return "already done"
+    if error_uri(output) in existing:
+        failed = storage.read_json(error_uri(output)) or {}
+        if (failed.get("input_version"), failed.get("model_version"), failed.get("params")) == (
+            info.version,
+            opts.model_version,
+            params,
+        ):
+            return "failed before"
+    return "new"

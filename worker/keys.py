@@ -1,0 +1,28 @@
+"""Every Redis key Velosiped writes, in one place (RQ's own keys are RQ's business)."""
+
+from __future__ import annotations
+
+PREFIX = "velo:"
+
+BATCHES = PREFIX + "batches"
+"""Sorted set of batch ids, scored by creation time."""
+
+
+def batch(batch_id: str) -> str:
+    """Hash of a batch's description and counters (queued, running, done, failed, rows, ...)."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_files(batch_id: str) -> str:
+    """Hash: input URI -> state (queued, running, done, failed) of each file in a batch."""
+    return f"{PREFIX}batch:{batch_id}:files"
+
+
+def batch_errors(batch_id: str) -> str:
+    """Hash: input URI -> one-line error of each failed file in a batch."""
+    return f"{PREFIX}batch:{batch_id}:errors"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """Hash: input URI -> JSON job payload, so `velo retry` can enqueue a file again."""
+    return f"{PREFIX}batch:{batch_id}:jobs"

@@ -1,0 +1,113 @@
+"""Load a joblib model once per process and model version, and only from trusted places.
+
+Unpickling runs arbitrary code, so a model is loaded only from ``VELO_MODEL_PREFIXES``
+(when set) and, when the job pins one, only after its SHA-256 matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from typing import Any
+
+import joblib
+
+from worker import storage
+from worker.errors import ConfigError, InputError
+
+__all__ = ["check_prefix", "load", "loads", "version_of"]
+
+log = logging.getLogger(__name__)
+
+MODEL_PREFIXES_ENV = "VELO_MODEL_PREFIXES"
+"""Comma-separated URI prefixes models may be loaded from; unset means anywhere."""
+
+CACHE_DIR_ENV = "VELO_MODEL_CACHE"
+"""Where S3 models are downloaded before loading (default: ``~/.cache/velosiped/models``)."""
+
+CACHE_SIZE = 2
+"""Model versions kept loaded per process (two, so alternating batches do not reload)."""
+
+_cache: dict[tuple[str, str], Any] = {}
+loads = 0
+"""How many times this process unpickled a model (the cache is meant to keep it at one per version)."""
+
+
+def check_prefix(uri: str, env: str, what: str) -> None:
+    """Refuse ``uri`` unless it lies under one of the comma-separated prefixes in ``env`` (if set)."""
+    allowed = [storage.normalize(p.strip()) for p in os.environ.get(env, "").split(",") if p.strip()]
+    if allowed and not any(uri == p or uri.startswith(p.rstrip("/") + "/") for p in allowed):
+        raise ConfigError(f"{uri}: {what} outside {env} ({', '.join(allowed)})")
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version_of(uri: str) -> str:
+    """The model's version: ``sha256:<hex>`` of a local file, ``etag:<etag>`` of an S3 object.
+
+    Raises:
+        ConfigError: the model does not exist.
+    """
+    if storage.is_s3(uri):
+        info = storage.head(uri)
+        if info is None:
+            raise ConfigError(f"{uri}: model not found")
+        return info.version
+    if not os.path.isfile(uri):
+        raise ConfigError(f"{uri}: model not found")
+    return "sha256:" + sha256_file(uri)
+
+
+def _local_copy(uri: str, version: str) -> str:
+    """A local path holding the model's bytes (S3 models are downloaded once per version)."""
+    if not storage.is_s3(uri):
+        return uri
+    folder = os.environ.get(CACHE_DIR_ENV) or os.path.expanduser("~/.cache/velosiped/models")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, hashlib.sha256(f"{uri}\0{version}".encode()).hexdigest() + ".joblib")
+    if not os.path.exists(path):
+        with storage.open_read(uri) as src, storage.write_atomic(path) as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    return path
+
+
+def load(uri: str, version: str, sha256: str | None = None) -> Any:
+    """The model at ``uri`` as of ``version``, from this process's cache after the first load.
+
+    Raises:
+        ConfigError: the model is outside the allowed prefixes.
+        InputError: the model changed since dispatch, its digest does not match, or it does not load.
+    """
+    key = (uri, version)
+    if key in _cache:
+        return _cache[key]
+    check_prefix(uri, MODEL_PREFIXES_ENV, "model")
+    path = _local_copy(uri, version)
+    digest = sha256_file(path)
+    if sha256 and digest != sha256.lower():
+        raise InputError(f"{uri}: model digest sha256:{digest} does not match --model-sha256 {sha256}")
+    if version.startswith("sha256:") and version != "sha256:" + digest:
+        raise InputError(f"{uri}: model changed since dispatch; dispatch again to use the new version")
+    global loads
+    started = time.perf_counter()
+    try:
+        model = joblib.load(path)
+    except Exception as e:
+        raise InputError(f"{uri}: cannot load model ({type(e).__name__}: {e})") from e
+    if not hasattr(model, "predict"):
+        raise InputError(f"{uri}: model of type {type(model).__name__} has no predict method")
+    loads += 1
+    log.info("%6.2fs model %s (%s) loaded", time.perf_counter() - started, uri, version[:19])
+    while len(_cache) >= CACHE_SIZE:  # drop the oldest: a new version replaces an old one
+        _cache.pop(next(iter(_cache)))
+    _cache[key] = model
+    return model

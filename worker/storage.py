@@ -1,0 +1,307 @@
+"""S3 and local folders behind the same few functions, picked by URI scheme in one place.
+
+A location is either ``s3://bucket/key`` or an absolute local path (``file://`` and relative
+paths are normalised to one). S3 is reached through boto3's standard configuration: the
+credentials chain and ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for MinIO and friends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import IO, TYPE_CHECKING, Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import smart_open
+
+from worker.errors import ConfigError, InputError, TransientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "ObjectInfo",
+    "delete",
+    "head",
+    "is_s3",
+    "join",
+    "list_files",
+    "normalize",
+    "open_read",
+    "read_json",
+    "read_lineage",
+    "relative",
+    "s3_error",
+    "split_s3",
+    "write_atomic",
+    "write_json",
+]
+
+LINEAGE_SUFFIX = ".velo.json"
+"""Sidecar holding an output's lineage where the store has no object metadata (local folders)."""
+
+S3_PART_SIZE = 16 * 1024 * 1024
+"""Bytes buffered in memory per S3 output before a multipart part is sent (S3's minimum is 5 MiB)."""
+
+_TRANSIENT_CODES = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "InternalError",
+    "SlowDown",
+    "ServiceUnavailable",
+    "RequestTimeout",
+}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed file: its URI, a version string that changes when its content does, its size."""
+
+    uri: str
+    version: str
+    size: int
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def normalize(uri: str) -> str:
+    """Canonical form of a user-given location: ``s3://b/k`` or an absolute local path.
+
+    Raises:
+        ConfigError: for a scheme Velosiped cannot read (``ftp://``, ``gs://``, ...).
+    """
+    if is_s3(uri):
+        bucket, _ = split_s3(uri)
+        if not bucket:
+            raise ConfigError(f"{uri}: no bucket in S3 URI; use s3://bucket/prefix/")
+        return uri
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif "://" in uri:
+        raise ConfigError(f"{uri}: unsupported URI scheme; use s3://bucket/prefix/, file:// or a local path")
+    keep_slash = uri.endswith("/")
+    path = os.path.abspath(os.path.expanduser(uri))
+    return path + "/" if keep_slash and not path.endswith("/") else path
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def join(prefix: str, relative_path: str) -> str:
+    if is_s3(prefix):
+        return prefix.rstrip("/") + "/" + relative_path
+    return os.path.join(prefix, relative_path)
+
+
+def relative(base: str, uri: str) -> str:
+    """The part of ``uri`` below ``base`` (a listed prefix), used to mirror paths under ``--output``."""
+    if is_s3(base):
+        _, base_key = split_s3(base)
+        _, key = split_s3(uri)
+        if base_key and not base_key.endswith("/"):
+            base_key = base_key.rsplit("/", 1)[0] + "/" if "/" in base_key else ""
+        return key[len(base_key) :]
+    if os.path.isfile(base):
+        return os.path.basename(uri)
+    return os.path.relpath(uri, base)
+
+
+@cache
+def client() -> S3Client:
+    """One boto3 S3 client per process, with boto3's standard retry mode (exponential backoff)."""
+    config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 5})
+    return boto3.client("s3", config=config)
+
+
+def s3_error(uri: str, error: Exception) -> Exception:
+    """Map a botocore error to Velosiped's: transient ones are retried, the rest fail with the reason."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        message = error.response.get("Error", {}).get("Message", "") or code
+        if code in _TRANSIENT_CODES:
+            return TransientError(f"{uri}: S3 error {code}: {message}")
+        if code in {"NoSuchBucket"}:
+            return ConfigError(f"{uri}: bucket does not exist")
+        if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            return ConfigError(
+                f"{uri}: access denied by S3 ({code}); check the credentials and bucket policy"
+            )
+        if code in {"NoSuchKey", "404", "NotFound"}:
+            return InputError(f"{uri}: no such object")
+        return InputError(f"{uri}: S3 error {code}: {message}")
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return ConfigError(
+            f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
+        )
+    if isinstance(error, botocore.exceptions.BotoCoreError):
+        return TransientError(f"{uri}: cannot reach S3 ({error})")
+    return error
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    try:
+        yield
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        raise s3_error(uri, e) from e
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def list_files(source: str, patterns: tuple[str, ...]) -> Iterator[ObjectInfo]:
+    """Every file under ``source`` whose base name matches one of ``patterns``, in key order.
+
+    S3 listings are paged (1,000 keys a request); memory stays flat whatever the count.
+
+    Raises:
+        ConfigError: the bucket or folder does not exist, or access is denied.
+    """
+    if is_s3(source):
+        bucket, prefix = split_s3(source)
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        with _s3_errors(source):
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if _matches(key.rsplit("/", 1)[-1], patterns):
+                        yield ObjectInfo(
+                            f"s3://{bucket}/{key}", "etag:" + obj["ETag"].strip('"'), obj["Size"]
+                        )
+        return
+    if os.path.isfile(source):
+        if _matches(os.path.basename(source), patterns):
+            yield _local_info(source)
+        return
+    if not os.path.isdir(source):
+        raise ConfigError(f"{source}: no such file or folder")
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if _matches(name, patterns):
+                yield _local_info(os.path.join(root, name))
+
+
+def _local_info(path: str) -> ObjectInfo:
+    st = os.stat(path)
+    return ObjectInfo(path, f"mtime:{st.st_mtime_ns}:size:{st.st_size}", st.st_size)
+
+
+def head(uri: str) -> ObjectInfo | None:
+    """The file's current version, or None if it does not exist."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            meta = client().head_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise s3_error(uri, e) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise s3_error(uri, e) from e
+        return ObjectInfo(uri, "etag:" + meta["ETag"].strip('"'), meta["ContentLength"])
+    return _local_info(uri) if os.path.isfile(uri) else None
+
+
+def open_read(uri: str) -> IO[bytes]:
+    """A streaming binary reader, decompressed by extension (``.gz``); memory does not grow with size."""
+    if is_s3(uri):
+        with _s3_errors(uri):
+            return smart_open.open(uri, "rb", transport_params={"client": client()})
+    try:
+        return smart_open.open(uri, "rb")
+    except OSError as e:
+        raise InputError(f"{uri}: cannot open ({e.strerror or e})") from e
+
+
+@contextlib.contextmanager
+def write_atomic(uri: str, metadata: dict[str, str] | None = None) -> Iterator[IO[bytes]]:
+    """Write ``uri`` whole or not at all, compressed by extension.
+
+    S3: a multipart upload completed on success and aborted on error (``S3_PART_SIZE`` bytes
+    buffered in memory). Local: a temporary file in the same folder renamed into place.
+    ``metadata`` becomes S3 object metadata (local files get it through :func:`write_json`).
+    """
+    if is_s3(uri):
+        params: dict[str, Any] = {"client": client(), "min_part_size": S3_PART_SIZE}
+        if metadata:
+            params["client_kwargs"] = {"S3.Client.create_multipart_upload": {"Metadata": metadata}}
+        with _s3_errors(uri), smart_open.open(uri, "wb", transport_params=params) as out:
+            yield out
+        return
+    folder, name = os.path.split(uri)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        compression = ".gz" if uri.endswith(".gz") else "disable"
+        with smart_open.open(tmp, "wb", compression=compression) as out:
+            yield out
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, uri)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(uri: str, obj: dict[str, Any]) -> None:
+    with write_atomic(uri) as out:
+        out.write(json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    """A small JSON object, or None when it is absent or unreadable."""
+    try:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            body = client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        else:
+            with open(uri, "rb") as f:
+                body = f.read()
+        obj = json.loads(body)
+    except (OSError, ValueError, botocore.exceptions.ClientError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_lineage(output_uri: str) -> dict[str, str] | None:
+    """What made an existing output (S3 object metadata, or the local sidecar), or None."""
+    if is_s3(output_uri):
+        bucket, key = split_s3(output_uri)
+        try:
+            return dict(client().head_object(Bucket=bucket, Key=key).get("Metadata", {}))
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise s3_error(output_uri, e) from e
+    if not os.path.isfile(output_uri):
+        return None
+    meta = read_json(output_uri + LINEAGE_SUFFIX)
+    return {k: str(v) for k, v in meta.items()} if meta else None
+
+
+def delete(uri: str) -> None:
+    """Remove a file if it exists."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri):
+            client().delete_object(Bucket=bucket, Key=key)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(uri)

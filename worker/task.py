@@ -1,0 +1,91 @@
+"""The RQ job: score one file, write its output whole, record the outcome in the batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from rq import get_current_job
+
+from worker import models, storage
+from worker.batch import FileState, set_state
+from worker.errors import TransientError, VeloError
+from worker.jobs import Payload, error_uri, lineage, params_key, validate
+from worker.scoring import score_stream
+
+__all__ = ["ALLOWED_PREFIXES_ENV", "score_file"]
+
+log = logging.getLogger(__name__)
+
+ALLOWED_PREFIXES_ENV = "VELO_ALLOWED_PREFIXES"
+"""Comma-separated URI prefixes a worker may read inputs from and write outputs to; unset: anywhere."""
+
+
+def score_file(payload: dict[str, Any]) -> dict[str, Any]:
+    """Score one file as the payload says (see :mod:`worker.jobs`).
+
+    Bad input fails the file once (error recorded, job finished); transient errors raise so
+    RQ retries the job, and are recorded as the file's failure on the last attempt.
+    """
+    job = get_current_job()
+    redis = job.connection if job else None
+    p = validate(payload)
+    if redis is not None:
+        set_state(redis, p["batch"], p["input"], FileState.RUNNING)
+    started = time.perf_counter()
+    try:
+        rows = _score(p)
+    except TransientError as e:
+        last_attempt = job is None or not job.retries_left
+        log.warning("%s (%s)", e, "giving up" if last_attempt else "will retry")
+        if last_attempt:
+            _fail(p, str(e), redis)
+        raise
+    except VeloError as e:
+        log.error("%s", e)
+        return _fail(p, str(e), redis)
+    except Exception as e:  # a bug or a model's own error: fail this file alone, keep serving
+        log.error("%s: unexpected %s", p["input"], type(e).__name__, exc_info=True)
+        return _fail(p, f"{p['input']}: unexpected {type(e).__name__}: {e}", redis)
+    seconds = time.perf_counter() - started
+    if redis is not None:
+        set_state(redis, p["batch"], p["input"], FileState.DONE, rows=rows)
+    log.info("%6.2fs ← %s %d rows %.0f rows/s", seconds, p["input"], rows, rows / max(seconds, 1e-9))
+    return {"rows": rows, "seconds": round(seconds, 3)}
+
+
+def _score(p: Payload) -> int:
+    for uri in (p["input"], p["output"]):
+        models.check_prefix(uri, ALLOWED_PREFIXES_ENV, "path")
+    model = models.load(p["model"], p["model_version"], p["model_sha256"])
+    meta = lineage(p)
+    with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], meta) as dst:
+        rows = score_stream(src, dst, model, name=p["input"], keep=p["keep"], proba=p["proba"])
+    if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
+        storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**meta, "velo-rows": str(rows)})
+    storage.delete(error_uri(p["output"]))  # a stale failure from an earlier run no longer holds
+    return rows
+
+
+def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
+    record = {
+        "file": p["input"],
+        "output": p["output"],
+        "error": reason,
+        "batch": p["batch"],
+        "input_version": p["input_version"],
+        "model": p["model"],
+        "model_version": p["model_version"],
+        "params": params_key(p["keep"], p["proba"]),
+        "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        models.check_prefix(p["output"], ALLOWED_PREFIXES_ENV, "path")
+        storage.write_json(error_uri(p["output"]), record)
+    except Exception as e:  # the reason still reaches `velo status`
+        log.warning("%s: cannot write error file: %s", p["input"], e)
+    if redis is not None:
+        set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason)
+    return {"error": reason}
