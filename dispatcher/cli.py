@@ -48,7 +48,7 @@ output_help = "Write outputs under this prefix instead of next to the inputs, ke
 keep_help = "Input columns copied to the output, comma-separated (default: all)."
 timeout_help = "Seconds one file may take before its job is stopped."
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -136,9 +136,7 @@ def make_options(
     )
 
 
-def do_dispatch(
-    conn: redis.Redis | None, queue: str, source: str, opts: Options, dry_run: bool, timeout: int
-):
+def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options, dry_run: bool, timeout: int):
     """Plan and enqueue; in a dry run print each file's fate and return None."""
     planned = list(plan(source, opts))
     if dry_run:
@@ -166,9 +164,7 @@ def cli() -> None:
 @click.option("--wait", is_flag=True, help=wait_help)
 @redis_option
 @handle_errors
-def dispatch(
-    source: str, redis_url: str | None, queue: str, wait: bool, dry_run: bool, timeout: int, **kw: Any
-):
+def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run: bool, timeout: int, **kw: Any):
     """List SOURCE and enqueue one job per file that needs scoring."""
     source = storage.normalize(source)
     opts = make_options(**kw)

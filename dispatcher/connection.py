@@ -40,9 +40,7 @@ def connect(url: str) -> redis.Redis:
     except ValueError as e:
         raise ConfigError(f"bad Redis URL {redact(url)!r} ({e}); use redis://host:6379/0") from e
     except redis.AuthenticationError as e:
-        raise ConfigError(
-            f"Redis at {redact(url)} refused the password ({e}); check --redis or REDIS_URL"
-        ) from e
+        raise ConfigError(f"Redis at {redact(url)} refused the password ({e}); check --redis or REDIS_URL") from e
     except redis.ConnectionError as e:
         reason = str(e).split(". ")[-1].rstrip(".") or "no answer"
         raise ConfigError(f"cannot reach Redis at {redact(url)} ({reason}); set --redis or REDIS_URL") from e

@@ -1,0 +1,95 @@
+"""Streaming scoring: columns, order, features, and one-line errors naming the file."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import assert_output_matches, csv_bytes, expected_output, fit_model, make_frame
+from worker.errors import InputError
+from worker.scoring import score_stream
+
+
+def score(data: bytes, model, **kw) -> tuple[int, bytes]:
+    out = io.BytesIO()
+    rows = score_stream(io.BytesIO(data), out, model, name="s3://b/a/1.csv", **kw)
+    return rows, out.getvalue()
+
+
+def test_output_is_input_columns_then_prediction_in_order_across_blocks():
+    # Given a file spanning many parser blocks
+    df = make_frame(5_000)
+    model = fit_model()
+    # When it is scored with a tiny block size
+    rows, out = score(csv_bytes(df), model, block_size=4096)
+    # Then every row comes out once, in order, equal to the pandas reference
+    assert rows == 5_000
+    assert_output_matches(pd.read_csv(io.BytesIO(out)), expected_output(df, model))
+
+
+def test_kept_columns_are_copied_as_written():
+    # Given text a float parser would rewrite (leading zeros, trailing zeros, exponents, a quoted comma)
+    data = b'id,f0,f1,f2,f3,note\n007,1.50,2,3,4,"a, b"\n008,0.10,1e-3,.5,-4,x\n'
+    rows, out = score(data, fit_model())
+    # Then the kept values come out exactly as written, whatever quoting the writer chose
+    assert rows == 2
+    got = list(csv.reader(io.StringIO(out.decode())))
+    assert got[0] == ["id", "f0", "f1", "f2", "f3", "note", "prediction"]
+    assert [r[:6] for r in got[1:]] == [
+        ["007", "1.50", "2", "3", "4", "a, b"],
+        ["008", "0.10", "1e-3", ".5", "-4", "x"],
+    ]
+
+
+def test_plain_values_are_not_quoted():
+    _, out = score(b"id,f0,f1,f2,f3\n007,1.50,2,3,4\n", fit_model())
+    assert out.decode().splitlines()[1].startswith("007,1.50,2,3,4,")
+
+
+def test_keep_and_proba_columns():
+    df = make_frame(50)
+    model = fit_model("multiclass")
+    _, out = score(csv_bytes(df), model, keep=["id"], proba=True)
+    got = pd.read_csv(io.BytesIO(out))
+    assert list(got.columns) == ["id", "prediction", "proba_a", "proba_b", "proba_c"]
+    assert_output_matches(got, expected_output(df, model, keep=["id"], proba=True))
+    np.testing.assert_allclose(got[["proba_a", "proba_b", "proba_c"]].sum(axis=1), 1.0)
+
+
+def test_header_only_input_gives_header_only_output():
+    rows, out = score(b"id,f0,f1,f2,f3\n", fit_model(), proba=True)
+    assert rows == 0
+    assert out == b"id,f0,f1,f2,f3,prediction,proba_0,proba_1\n"
+
+
+def test_model_without_names_takes_every_column_by_position():
+    df = make_frame(20).drop(columns="id")
+    model = fit_model(with_names=False)
+    _, out = score(csv_bytes(df), model)
+    assert_output_matches(pd.read_csv(io.BytesIO(out)), expected_output(df, model))
+    with pytest.raises(InputError, match=r"s3://b/a/1.csv: has 5 columns but the model expects 4"):
+        score(csv_bytes(make_frame(5)), model)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"id,f0,f1,f3\n1,2,3,4\n", "missing feature columns: f2"),
+        (b"id,f0,f1,f2,f3\n1,2,3,4\n", "CSV parse error: Expected 5 columns, got 4"),
+        (b"id,f0,f1,f2,f3\n1,2,abc,4,5\n", "column 'f1' holds non-numeric value 'abc'"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not UTF-8"),
+        (b"a,a,f0\n1,2,3\n", "duplicate column names: a"),
+    ],
+)
+def test_bad_input_fails_with_one_line_naming_the_file(data, message):
+    with pytest.raises(InputError) as err:
+        score(data, fit_model())
+    text = str(err.value)
+    assert text.startswith("s3://b/a/1.csv: ")
+    assert message in text
+    assert "\n" not in text
