@@ -1,0 +1,36 @@
+# Velosiped: `make demo` runs the whole thing on this machine, `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DEMO   ?= demo
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help:  ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/velo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(BIN)/velo  ## Create the venv and install velosiped with its dev tools
+
+.PHONY: demo
+demo: $(BIN)/velo  ## Make a sample model and CSVs under demo/, score them with `velo run`, show the outputs
+	$(BIN)/python scripts/make_demo.py $(DEMO)
+	VELO_STATE_DIR=$(DEMO)/state $(BIN)/velo run $(DEMO)/data --model $(DEMO)/model.joblib --workers 2
+	@echo; echo "Outputs written next to their inputs:"; find $(DEMO)/data -name '*.out.csv*' ! -name '*.json' | sort
+	@echo; echo "head $(DEMO)/data/a/1.out.csv:"; head -4 $(DEMO)/data/a/1.out.csv
+
+.PHONY: test
+test: $(BIN)/velo  ## Run the unit and end-to-end tests
+	$(BIN)/pytest -q
+
+.PHONY: lint
+lint: $(BIN)/velo  ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
