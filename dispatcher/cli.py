@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -9,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -46,6 +47,7 @@ force_help = "Redo files already done."
 pattern_help = "Input file name pattern; repeat for several (default: *.csv, *.csv.gz)."
 output_help = "Write outputs under this prefix instead of next to the inputs, keeping relative paths."
 keep_help = "Input columns copied to the output, comma-separated (default: all)."
+preload_help = "Load this model at start (before forking --processes), so the first job need not wait for it."
 timeout_help = "Seconds one file may take before its job is stopped."
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -198,29 +200,40 @@ def run(
     """
     source = storage.normalize(source)
     opts = make_options(**kw)
-    conn, url = (None, "") if dry_run else open_redis(redis_url, embedded_ok=True)
-    batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
-    if batch is None or conn is None:
+    if dry_run:
+        do_dispatch(None, queue, source, opts, dry_run, timeout)
         return
+    conn, url = open_redis(redis_url, embedded_ok=True)
     started = time.perf_counter()
-    log_path = os.path.join(state_dir(), f"run-{batch.id}.log")
-    if batch.enqueued:
-        n = workers or os.cpu_count() or 1
-        cmd = [sys.executable, "-m", "dispatcher.cli", "worker", "--burst", "--processes", str(n)]
-        with open(log_path, "ab") as log:
-            env = {**os.environ, "REDIS_URL": url}
-            proc = subprocess.Popen([*cmd, "--queue", queue], env=env, stdout=log, stderr=log)
-        try:
-            status_mod.wait(conn, batch.id, err_console, alive=lambda: proc.poll() is None)
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-            proc.wait()
+    log_path = os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
+    # Workers start first, so their imports overlap with listing and enqueueing.
+    with local_workers(url, queue, opts.model, workers or os.cpu_count() or 1, log_path) as procs:
+        batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
+        alive = lambda: any(p.poll() is None for p in procs)  # noqa: E731
+        if batch.enqueued:
+            status_mod.wait(conn, batch.id, err_console, alive=alive)
     result = status_mod.describe(conn, batch.id) or {}
     if not result.get("finished", True):
         fail(f"workers stopped before batch {batch.id} finished; see {log_path}")
     print_summary(result, batch.skipped, time.perf_counter() - started)
     sys.exit(EXIT_FILES_FAILED if result.get("failed") else EXIT_OK)
+
+
+@contextlib.contextmanager
+def local_workers(url: str, queue: str, model: str, n: int, log_path: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """N `velo worker` processes on this machine, stopped with SIGTERM (finish the file in hand) at exit."""
+    cmd = [sys.executable, "-m", "dispatcher.cli", "worker", "--queue", queue, "--model", model]
+    env = {**os.environ, "REDIS_URL": url}
+    with open(log_path, "ab") as log:
+        procs = [subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
 
 
 def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
@@ -245,13 +258,17 @@ def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
 @cli.command()
 @click.option("--processes", type=int, default=1, show_default=True, help="Worker processes on this machine.")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option("--model", "preload", default=None, help=preload_help)
 @redis_option
 @handle_errors
-def worker(redis_url: str | None, queue: str, processes: int, burst: bool) -> None:
+def worker(redis_url: str | None, queue: str, processes: int, burst: bool, preload: str | None) -> None:
     """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits."""
     from worker.runner import run_workers
 
     conn, _ = open_redis(redis_url, embedded_ok=False)
+    if preload:
+        uri = storage.normalize(preload)
+        models.load(uri, models.version_of(uri))
     run_workers(conn, queue, processes=processes, burst=burst)
 
 

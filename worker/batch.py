@@ -48,9 +48,7 @@ return 1
 """
 
 
-def set_state(
-    redis: Redis, batch_id: str, file: str, state: FileState, *, rows: int = 0, error: str = ""
-) -> bool:
+def set_state(redis: Redis, batch_id: str, file: str, state: FileState, *, rows: int = 0, error: str = "") -> bool:
     """Move ``file`` to ``state`` in its batch; False when it was there already."""
     script = redis.register_script(_SET_STATE)
     keys_ = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]

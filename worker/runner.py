@@ -39,7 +39,7 @@ def run_workers(redis: Redis, queue: str, *, processes: int = 1, burst: bool = F
     """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty)."""
     if processes <= 1:
         worker = VeloWorker([make_queue(redis, queue)], connection=redis)
-        worker.work(burst=burst, logging_level="INFO", with_scheduler=True)
+        worker.work(burst=burst, logging_level="INFO")
         return
     pool = WorkerPool(
         [queue], connection=redis, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer

@@ -195,9 +195,7 @@ def score_stream(
             prediction = model.predict(x)
             probabilities = model.predict_proba(x) if proba else None
         except Exception as e:
-            raise InputError(
-                f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}: {_one_line(e)}"
-            ) from e
+            raise InputError(f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}: {_one_line(e)}") from e
         arrays = [batch.column(c) for c in kept] + [pa.array(np.asarray(prediction))]
         if probabilities is not None:
             arrays += [pa.array(probabilities[:, i]) for i in range(len(classes))]

@@ -137,16 +137,12 @@ def s3_error(uri: str, error: Exception) -> Exception:
         if code in {"NoSuchBucket"}:
             return ConfigError(f"{uri}: bucket does not exist")
         if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-            return ConfigError(
-                f"{uri}: access denied by S3 ({code}); check the credentials and bucket policy"
-            )
+            return ConfigError(f"{uri}: access denied by S3 ({code}); check the credentials and bucket policy")
         if code in {"NoSuchKey", "404", "NotFound"}:
             return InputError(f"{uri}: no such object")
         return InputError(f"{uri}: S3 error {code}: {message}")
     if isinstance(error, botocore.exceptions.NoCredentialsError):
-        return ConfigError(
-            f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
-        )
+        return ConfigError(f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
     if isinstance(error, botocore.exceptions.BotoCoreError):
         return TransientError(f"{uri}: cannot reach S3 ({error})")
     return error
@@ -180,9 +176,7 @@ def list_files(source: str, patterns: tuple[str, ...]) -> Iterator[ObjectInfo]:
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
                     if _matches(key.rsplit("/", 1)[-1], patterns):
-                        yield ObjectInfo(
-                            f"s3://{bucket}/{key}", "etag:" + obj["ETag"].strip('"'), obj["Size"]
-                        )
+                        yield ObjectInfo(f"s3://{bucket}/{key}", "etag:" + obj["ETag"].strip('"'), obj["Size"])
         return
     if os.path.isfile(source):
         if _matches(os.path.basename(source), patterns):
