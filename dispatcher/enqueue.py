@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from rq import Retry
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from dispatcher.plan import Options, Planned
 
-__all__ = ["JOB_TIMEOUT", "Batch", "enqueue_batch", "retry_failed"]
+__all__ = ["JOB_TIMEOUT", "Batch", "enqueue_batch", "mark_already_queued", "retry_failed"]
 
 JOB_TIMEOUT = 6 * 3600
 """Seconds one file may take before RQ stops its job (override with --timeout)."""
@@ -59,6 +59,17 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
     }
 
 
+def mark_already_queued(redis: Redis, opts: Options, planned: list[Planned]) -> list[Planned]:
+    """The plan, with files whose job is waiting or running (from any batch) marked so."""
+    todo = [p for p in planned if p.enqueue]
+    with redis.pipeline(transaction=False) as pipe:
+        for p in todo:
+            pipe.hget(Job.key_for(job_id(payload_for(p, opts, ""))), "status")
+        statuses = pipe.execute()
+    active = {p.info.uri for p, st in zip(todo, statuses, strict=True) if st is not None and st.decode() in _ACTIVE}
+    return [replace(p, reason="already queued") if p.info.uri in active else p for p in planned]
+
+
 def _enqueue(redis: Redis, queue: str, payload: Payload, timeout: int) -> bool:
     """Enqueue one file's job unless the same job is already waiting or running."""
     q = make_queue(redis, queue)
@@ -91,6 +102,7 @@ def enqueue_batch(
     redis: Redis, queue: str, source: str, opts: Options, planned: list[Planned], timeout: int = JOB_TIMEOUT
 ) -> Batch:
     """Record a batch and enqueue the files its plan says need scoring."""
+    planned = mark_already_queued(redis, opts, planned)
     batch = Batch(new_batch_id(), planned=planned)
     now = f"{time.time():.3f}"
     redis.hset(

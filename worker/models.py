@@ -39,7 +39,7 @@ def check_prefix(uri: str, env: str, what: str) -> None:
     """Refuse ``uri`` unless it lies under one of the comma-separated prefixes in ``env`` (if set)."""
     allowed = [storage.normalize(p.strip()) for p in os.environ.get(env, "").split(",") if p.strip()]
     if allowed and not any(uri == p or uri.startswith(p.rstrip("/") + "/") for p in allowed):
-        raise ConfigError(f"{uri}: {what} outside {env} ({', '.join(allowed)})")
+        raise ConfigError(f"{uri}: {what} outside {env} ({', '.join(allowed)}); move it or extend {env}")
 
 
 def sha256_file(path: str) -> str:
@@ -59,10 +59,10 @@ def version_of(uri: str) -> str:
     if storage.is_s3(uri):
         info = storage.head(uri)
         if info is None:
-            raise ConfigError(f"{uri}: model not found")
+            raise ConfigError(f"{uri}: model not found; check --model")
         return info.version
     if not os.path.isfile(uri):
-        raise ConfigError(f"{uri}: model not found")
+        raise ConfigError(f"{uri}: model not found; check --model")
     return "sha256:" + sha256_file(uri)
 
 

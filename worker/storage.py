@@ -135,7 +135,7 @@ def s3_error(uri: str, error: Exception) -> Exception:
         if code in _TRANSIENT_CODES:
             return TransientError(f"{uri}: S3 error {code}: {message}")
         if code in {"NoSuchBucket"}:
-            return ConfigError(f"{uri}: bucket does not exist")
+            return ConfigError(f"{uri}: bucket does not exist; check the bucket name and AWS_ENDPOINT_URL")
         if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
             return ConfigError(f"{uri}: access denied by S3 ({code}); check the credentials and bucket policy")
         if code in {"NoSuchKey", "404", "NotFound"}:
@@ -183,7 +183,7 @@ def list_files(source: str, patterns: tuple[str, ...]) -> Iterator[ObjectInfo]:
             yield _local_info(source)
         return
     if not os.path.isdir(source):
-        raise ConfigError(f"{source}: no such file or folder")
+        raise ConfigError(f"{source}: no such file or folder; check SOURCE")
     for root, dirs, files in os.walk(source):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
