@@ -269,7 +269,8 @@ def worker(redis_url: str | None, queue: str, processes: int, burst: bool, prelo
     """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits."""
     from worker.runner import run_workers
 
-    conn, _ = open_redis(redis_url, embedded_ok=False)
+    conn, url = open_redis(redis_url, embedded_ok=False)
+    os.environ["REDIS_URL"] = url  # pool children and the Redis watchdog's message use it
     if preload:
         uri = storage.normalize(preload)
         models.load(uri, models.version_of(uri))

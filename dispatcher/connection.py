@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import re
 import signal
 import time
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import psutil
 import redis
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, redact
 
 __all__ = ["STATE_DIR_ENV", "connect", "embedded", "redact", "state_dir"]
 
@@ -26,11 +25,6 @@ def state_dir() -> str:
     folder = os.environ.get(STATE_DIR_ENV) or os.path.join(base, "velosiped")
     os.makedirs(folder, exist_ok=True)
     return folder
-
-
-def redact(url: str) -> str:
-    """The URL without its password, fit for messages and logs."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def connect(url: str) -> redis.Redis:

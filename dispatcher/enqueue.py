@@ -8,13 +8,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from rq import Retry
+from rq import Callback, Retry
 from rq.exceptions import DuplicateJobError
 from rq.job import Job, JobStatus
 
 from worker import keys, storage
 from worker.batch import FileState, set_state
-from worker.jobs import TASK, Payload, job_id
+from worker.jobs import FAILURE_CALLBACK, TASK, Payload, job_id
 from worker.runner import make_queue
 
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ __all__ = ["JOB_TIMEOUT", "Batch", "enqueue_batch", "mark_already_queued", "retr
 
 JOB_TIMEOUT = 6 * 3600
 """Seconds one file may take before RQ stops its job (override with --timeout)."""
+
+RESULT_TTL = 600
+"""Seconds RQ keeps a finished job (the batch, not RQ, holds the outcome)."""
 
 RETRIES = 3
 """Times RQ re-runs a job that raised a transient error or whose worker died."""
@@ -78,7 +81,10 @@ def _enqueue(redis: Redis, queue: str, payload: Payload, timeout: int) -> bool:
     if existing is not None:
         if existing.get_status(refresh=False) in _ACTIVE:
             return False
-        existing.delete()  # a finished or dead attempt: make room for the new one
+        try:
+            existing.delete()  # a finished or dead attempt: make room for the new one
+        except ValueError:  # RQ trips on an execution record that expired with a dead worker
+            redis.delete(existing.key, existing.dependents_key)
     set_state(redis, payload["batch"], payload["input"], FileState.QUEUED)
     redis.hset(keys.batch_jobs(payload["batch"]), payload["input"], json.dumps(payload))
     try:
@@ -88,9 +94,13 @@ def _enqueue(redis: Redis, queue: str, payload: Payload, timeout: int) -> bool:
             job_id=jid,
             unique=True,
             timeout=timeout,
-            result_ttl=0,  # the outcome lives in the batch; RQ need not keep results
+            # The outcome lives in the batch; RQ keeps the finished job a while only because its
+            # result_ttl=0 path deletes through the job's executions and fails on one whose
+            # worker died (its execution record expired): the file would be done twice.
+            result_ttl=RESULT_TTL,
             failure_ttl=7 * 24 * 3600,
             retry=Retry(max=RETRIES),
+            on_failure=Callback(FAILURE_CALLBACK),
             description=payload["input"],
         )
     except DuplicateJobError:  # another dispatcher enqueued it a moment ago

@@ -6,12 +6,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from redis import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from worker import keys
 from worker.batch import counters
+from worker.errors import ConfigError
+from worker.runner import REDIS_GIVE_UP
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -98,8 +101,18 @@ def wait(
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"batch {batch_id}", total=None, rows=0, failed=0)
+        lost_since: float | None = None
         while True:
-            b = describe(redis, batch_id, with_failures=False) or {}
+            try:
+                b = describe(redis, batch_id, with_failures=False) or {}
+                lost_since = None
+            except RedisError as e:  # a restarting Redis: keep waiting, with backoff, for a while
+                lost_since = lost_since or time.monotonic()
+                gone = time.monotonic() - lost_since
+                if gone > REDIS_GIVE_UP:
+                    raise ConfigError(f"lost Redis for {gone:.0f} s ({e}); giving up (VELO_REDIS_GIVE_UP)") from e
+                time.sleep(min(1 + gone / 2, 10))
+                continue
             progress.update(
                 task,
                 total=b.get("total", 0),

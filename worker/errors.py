@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "InputError", "TransientError", "VeloError"]
+import re
+
+__all__ = ["ConfigError", "InputError", "TransientError", "VeloError", "redact"]
+
+
+def redact(url: str) -> str:
+    """A URL without its password, fit for messages, logs and status."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 class VeloError(Exception):

@@ -11,10 +11,13 @@ from typing import Any, TypedDict
 
 from worker.errors import InputError
 
-__all__ = ["TASK", "Payload", "error_uri", "job_id", "lineage", "params_key", "validate"]
+__all__ = ["FAILURE_CALLBACK", "TASK", "Payload", "error_uri", "job_id", "lineage", "params_key", "validate"]
 
 TASK = "worker.task.score_file"
 """Import path of the one function a Velosiped job may name."""
+
+FAILURE_CALLBACK = "worker.task.on_job_failure"
+"""RQ failure callback: records a file whose job failed for good (e.g. its workers kept dying)."""
 
 
 class Payload(TypedDict):

@@ -1,47 +1,192 @@
-"""Run RQ workers that keep their model between jobs.
+"""Run RQ workers that keep their model between jobs, renew their lease, and run only our task.
 
 RQ's default ``Worker`` forks a fresh work-horse per job, so a model loaded inside a job dies
 with it and is unpickled again for the next one (1.45 s for a 49 MB forest). Velosiped runs
 RQ's ``SimpleWorker`` instead: jobs run in the worker process itself, where
 :mod:`worker.models` keeps the model loaded across jobs. RQ still enforces each job's
 timeout (SIGALRM in the worker) and SIGTERM still finishes the file in hand before exiting.
-Several processes on one machine come from RQ's ``WorkerPool``, which forks N such workers,
-restarts any that die, and forwards SIGTERM to them.
+
+A ``SimpleWorker`` cannot heartbeat while its only thread scores a file, so RQ gives its jobs
+a lease as long as the job timeout: a worker killed with ``kill -9`` would hold its file for
+hours. Ours renews a short lease (``VELO_HEARTBEAT_TTL``) from a thread instead, and every
+worker looks for expired leases every ``VELO_MAINTENANCE_INTERVAL`` seconds (RQ's default
+is 10 minutes) and requeues those files. A dead worker's file is redone within
+TTL + interval (45 s by default); the price is a little Redis traffic per busy worker and,
+with a TTL shorter than a stall (a frozen VM, a very long GC pause), a file done twice (its
+output is the same object either way).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
+import redis
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
+from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-__all__ = ["VeloWorker", "make_queue", "run_workers"]
+from worker.errors import redact
+from worker.jobs import FAILURE_CALLBACK, TASK
+
+__all__ = ["VeloWorker", "make_queue", "run_workers", "watch_redis"]
 
 log = logging.getLogger(__name__)
 
 
-class VeloWorker(SimpleWorker):
-    """A non-forking RQ worker speaking JSON: the model stays loaded between jobs."""
+def _env_seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+
+HEARTBEAT_TTL = int(_env_seconds("VELO_HEARTBEAT_TTL", 30))
+"""Seconds a busy worker's lease on its file lasts; renewed every third of it."""
+
+MAINTENANCE_INTERVAL = int(_env_seconds("VELO_MAINTENANCE_INTERVAL", 15))
+"""Seconds between a worker's searches for files whose worker died (expired leases)."""
+
+REDIS_GIVE_UP = _env_seconds("VELO_REDIS_GIVE_UP", 300)
+"""Seconds without Redis after which a worker stops retrying and exits with code 2."""
+
+
+class JobRefused(Exception):
+    """A job in the queue that is not a Velosiped scoring job: never imported, never run."""
+
+
+def check_job(job: Job) -> None:
+    """Refuse anything but ``score_file(payload)``, whatever was pushed into Redis."""
+    if job.func_name != TASK:
+        raise JobRefused(f"job {job.id}: function {job.func_name!r} is not {TASK}; refused")
+    if len(job.args) != 1 or job.kwargs or not isinstance(job.args[0], dict):
+        raise JobRefused(f"job {job.id}: {TASK} takes one JSON object; refused")
+    callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
+    if any(c not in (None, FAILURE_CALLBACK) for c in callbacks):
+        raise JobRefused(f"job {job.id}: callbacks other than {FAILURE_CALLBACK}; refused")
+
+
+class VeloWorker(SimpleWorker):
+    """A non-forking RQ worker speaking JSON, with a short renewable lease on its file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = JSONSerializer
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
+        # RQ blocks on the queue for worker_ttl - 15 s; keep that short so idle workers
+        # also run maintenance on time.
+        kwargs.setdefault("worker_ttl", MAINTENANCE_INTERVAL + 15)
         super().__init__(*args, **kwargs)
 
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return HEARTBEAT_TTL
 
-def make_queue(redis: Redis, name: str) -> Queue:
-    return Queue(name, connection=redis, serializer=JSONSerializer)
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            check_job(job)
+        except JobRefused as e:
+            self.log.error("%s", e)
+            job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+            job.retries_left = 0
+            execution = self.prepare_execution(job)
+            self.handle_job_failure(job, queue=queue, exc_string=str(e), execution=execution)
+            return
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(HEARTBEAT_TTL / 3):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                    if self.should_run_maintenance_tasks:
+                        self.reclaim_abandoned()  # a busy fleet still finds dead workers' files
+                except redis.RedisError as e:
+                    self.log.warning("lease renewal for %s failed: %s", job.id, e)
+
+        thread = threading.Thread(target=renew, name=f"lease-{job.id}", daemon=True)
+        thread.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            thread.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def reclaim_abandoned(self) -> None:
+        """Requeue (or fail, when out of retries) files whose worker's lease expired.
+
+        Runs from the lease thread, where RQ's SIGALRM time limits cannot: failure callbacks
+        get a thread timer instead.
+        """
+        for queue in self.queues:
+            if queue.acquire_maintenance_lock():
+                try:
+                    StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty).cleanup()
+                finally:
+                    queue.release_maintenance_lock()
+        self.last_cleaned_at = now()
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        watch_redis(self.connection, give_up)
+        return super().work(*args, **kwargs)
 
 
-def run_workers(redis: Redis, queue: str, *, processes: int = 1, burst: bool = False) -> None:
-    """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty)."""
+def make_queue(redis_conn: Redis, name: str) -> Queue:
+    return Queue(name, connection=redis_conn, serializer=JSONSerializer)
+
+
+def give_up(gone: float, children: list[int] | None = None) -> None:
+    """Redis has been gone too long: say so in one line and exit 2 (the job in hand is redone elsewhere)."""
+    where = redact(os.environ.get("REDIS_URL", "") or "the configured URL")
+    sys.stderr.write(f"velo: cannot reach Redis at {where} for {gone:.0f} s; giving up (VELO_REDIS_GIVE_UP)\n")
+    for pid in children or []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    os._exit(2)
+
+
+def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float = 2.0) -> threading.Thread:
+    """A thread that pings Redis and calls ``on_give_up(seconds)`` once it has been gone too long."""
+
+    def loop() -> None:
+        last_ok = time.monotonic()
+        while True:
+            time.sleep(every)
+            try:
+                conn.ping()
+                last_ok = time.monotonic()
+            except redis.RedisError:
+                gone = time.monotonic() - last_ok
+                if gone > REDIS_GIVE_UP:
+                    on_give_up(gone)
+                    return
+
+    thread = threading.Thread(target=loop, name="redis-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False) -> None:
+    """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty).
+
+    Several processes come from RQ's ``WorkerPool``, which forks N workers (sharing the
+    model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
+    """
     if processes <= 1:
-        worker = VeloWorker([make_queue(redis, queue)], connection=redis)
+        worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")
         return
     pool = WorkerPool(
-        [queue], connection=redis, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer
+        [queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer
     )
+    watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -22,8 +24,11 @@ from worker.errors import InputError
 
 __all__ = ["BLOCK_SIZE", "FeatureSpec", "score_stream"]
 
-BLOCK_SIZE = 8 * 1024 * 1024
-"""Bytes of CSV parsed per block; the worker holds about 3-4 blocks in memory. A row must fit in one."""
+BLOCK_SIZE = int(os.environ.get("VELO_BLOCK_SIZE") or 8 * 1024 * 1024)
+"""Bytes of CSV parsed per block (env VELO_BLOCK_SIZE); a worker holds 3-4 blocks in memory. A row must fit in one."""
+
+_TEST_SLOW_BLOCKS = float(os.environ.get("VELO_TEST_SLOW_ROWS") or 0)
+"""Test knob: seconds to sleep after each block, so fault tests can catch a worker mid-file."""
 
 MAX_HEADER = 16 * 1024 * 1024
 """Longest header line accepted."""
@@ -202,6 +207,8 @@ def score_stream(
         names = [*kept, "prediction", *(f"proba_{c}" for c in classes)]
         _write(pa.Table.from_arrays(arrays, names=names), dst)
         rows += batch.num_rows
+        if _TEST_SLOW_BLOCKS:
+            time.sleep(_TEST_SLOW_BLOCKS)
     return rows
 
 

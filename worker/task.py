@@ -7,15 +7,19 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import botocore.exceptions
 from rq import get_current_job
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
 from worker import models, storage
 from worker.batch import FileState, set_state
-from worker.errors import TransientError, VeloError
+from worker.errors import ConfigError, InputError, TransientError, VeloError
 from worker.jobs import Payload, error_uri, lineage, params_key, validate
 from worker.scoring import score_stream
 
-__all__ = ["ALLOWED_PREFIXES_ENV", "score_file"]
+__all__ = ["ALLOWED_PREFIXES_ENV", "on_job_failure", "score_file"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +41,12 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         rows = _score(p)
-    except TransientError as e:
-        last_attempt = job is None or not job.retries_left
-        log.warning("%s (%s)", e, "giving up" if last_attempt else "will retry")
-        if last_attempt:
-            _fail(p, str(e), redis)
+    except TransientError as e:  # RQ retries the job; on_job_failure records it once retries run out
+        log.warning("%s (%s)", e, "will retry" if job is not None and job.retries_left else "giving up")
         raise
+    except JobTimeoutException:
+        limit = job.timeout if job is not None else "?"
+        return _fail(p, f"{p['input']}: stopped at the time limit of {limit} s; raise --timeout", redis)
     except VeloError as e:
         log.error("%s", e)
         return _fail(p, str(e), redis)
@@ -56,13 +60,45 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "seconds": round(seconds, 3)}
 
 
-def _score(p: Payload) -> int:
+def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
+    """RQ failure callback: once a file's job will not be retried again, record why it failed.
+
+    Covers what the job cannot record itself: transient errors that outlived the retries, and
+    files whose worker died (``kill -9``, out of memory) on every attempt.
+    """
+    if job.retries_left:
+        return  # RQ will run it again
+    try:
+        p = validate(job.args[0] if job.args else None)
+    except InputError:
+        return
+    if exc_type is AbandonedJobError:
+        reason = f"{p['input']}: its worker died on every attempt (killed or out of memory); not retried again"
+    else:
+        reason = (
+            str(exc_value) if isinstance(exc_value, VeloError) else f"{p['input']}: {exc_type.__name__}: {exc_value}"
+        )
+    _fail(p, reason, connection)
+
+
+def _check_paths(p: Payload) -> None:
+    """Whatever a job says, read and write only under the allowed prefixes, without path tricks."""
+    for uri in (p["input"], p["output"], p["model"]):
+        if ".." in uri.split("/") or not (storage.is_s3(uri) or uri.startswith("/")):
+            raise ConfigError(f"{uri}: relative or '..' paths are refused")
     for uri in (p["input"], p["output"]):
         models.check_prefix(uri, ALLOWED_PREFIXES_ENV, "path")
+
+
+def _score(p: Payload) -> int:
+    _check_paths(p)
     model = models.load(p["model"], p["model_version"], p["model_sha256"])
     meta = lineage(p)
-    with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], meta) as dst:
-        rows = score_stream(src, dst, model, name=p["input"], keep=p["keep"], proba=p["proba"])
+    try:
+        with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], meta) as dst:
+            rows = score_stream(src, dst, model, name=p["input"], keep=p["keep"], proba=p["proba"])
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:  # mid-stream
+        raise storage.s3_error(p["input"], e) from e
     if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
         storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**meta, "velo-rows": str(rows)})
     storage.delete(error_uri(p["output"]))  # a stale failure from an earlier run no longer holds
