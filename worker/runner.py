@@ -39,8 +39,8 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from worker.errors import redact
-from worker.jobs import FAILURE_CALLBACK, TASK
+from worker.errors import InputError, redact
+from worker.jobs import FAILURE_CALLBACK, TASK, validate
 
 __all__ = ["VeloWorker", "make_queue", "run_workers", "watch_redis"]
 
@@ -71,6 +71,10 @@ def check_job(job: Job) -> None:
         raise JobRefused(f"job {job.id}: function {job.func_name!r} is not {TASK}; refused")
     if len(job.args) != 1 or job.kwargs or not isinstance(job.args[0], dict):
         raise JobRefused(f"job {job.id}: {TASK} takes one JSON object; refused")
+    try:
+        validate(job.args[0])
+    except InputError as e:
+        raise JobRefused(f"job {job.id}: {e}; refused") from e
     callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
     if any(c not in (None, FAILURE_CALLBACK) for c in callbacks):
         raise JobRefused(f"job {job.id}: callbacks other than {FAILURE_CALLBACK}; refused")

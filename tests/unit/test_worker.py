@@ -7,8 +7,9 @@ import zlib
 
 import fakeredis
 import pytest
+from rq import Callback
 
-from dispatcher.enqueue import enqueue_batch, retry_failed
+from dispatcher.enqueue import enqueue_batch, payload_for, retry_failed
 from dispatcher.plan import Options, plan
 from dispatcher.status import describe
 from tests.helpers import csv_bytes, dump_model, fit_model, make_frame
@@ -94,3 +95,48 @@ def test_failed_file_is_recorded_once_and_retry_requeues_it_after_a_fix(redis, f
     b = describe(redis, batch.id)
     assert (b["done"], b["failed"], b["rows"]) == (11, 0, 305)
     assert not (tmp_path / "data" / "bad.out.csv.error.json").exists()
+
+
+def test_a_job_naming_another_function_is_refused_without_running(redis, tmp_path):
+    # Given a hostile job pushed straight into the queue
+    marker = tmp_path / "pwned"
+    q = make_queue(redis, "velo")
+    hostile = q.enqueue_call("os.system", args=(f"touch {marker}",))
+    # When a worker meets it
+    work(redis)
+    # Then it never ran, and it is failed in RQ's registry
+    assert not marker.exists()
+    assert hostile.id in q.failed_job_registry.get_job_ids()
+
+
+def test_a_scoring_job_with_unknown_fields_or_hostile_callbacks_is_refused(redis, folder, tmp_path):
+    source, opts = folder
+    q = make_queue(redis, "velo")
+    marker = tmp_path / "pwned"
+    item = next(iter(plan(source, opts)))
+    payload = payload_for(item, opts, "b1")
+    extra = q.enqueue_call("worker.task.score_file", args=({**payload, "cmd": "x"},))
+    hostile_cb = q.enqueue_call("worker.task.score_file", args=(payload,), on_success=Callback("os.getcwd"))
+    traversal = q.enqueue_call("worker.task.score_file", args=({**payload, "output": "/tmp/../etc/x.out.csv"},))
+    work(redis)
+    assert not marker.exists()
+    assert hostile_cb.id in q.failed_job_registry.get_job_ids()
+    assert not (tmp_path / "data" / "0.out.csv").exists()  # neither refused job scored the file
+    assert extra.id in q.failed_job_registry.get_job_ids()
+    assert "unknown fields ['cmd']" in extra.latest_result().exc_string
+    b = describe(redis, "b1")
+    assert b["failures"] == [
+        {"file": item.info.uri, "error": "/tmp/../etc/x.out.csv: relative or '..' paths are refused"}
+    ]
+    assert traversal.id
+
+
+def test_paths_outside_allowed_prefixes_are_refused(redis, folder, monkeypatch, tmp_path):
+    source, opts = folder
+    monkeypatch.setenv("VELO_ALLOWED_PREFIXES", str(tmp_path / "elsewhere"))
+    batch = enqueue_batch(redis, "velo", source, opts, list(plan(source, opts))[:1])
+    work(redis)
+    b = describe(redis, batch.id)
+    assert b["failed"] == 1
+    assert "outside VELO_ALLOWED_PREFIXES" in b["failures"][0]["error"]
+    assert not list((tmp_path / "data").glob("*.out.csv*"))  # no output, no error file outside the prefix
