@@ -140,6 +140,9 @@ class VeloWorker(SimpleWorker):
         self.last_cleaned_at = now()
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        # No RQ scheduler process: Velosiped schedules nothing (retries are immediate), and
+        # WorkerPool would otherwise fork one per worker.
+        kwargs["with_scheduler"] = False
         watch_redis(self.connection, give_up)
         return super().work(*args, **kwargs)
 
@@ -161,12 +164,16 @@ def give_up(gone: float, children: list[int] | None = None) -> None:
 def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float = 2.0) -> threading.Thread:
     """A thread that pings Redis and calls ``on_give_up(seconds)`` once it has been gone too long."""
 
+    pool = conn.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in {"retry", "retry_on_error"}}
+    probe = Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))  # fails fast
+
     def loop() -> None:
         last_ok = time.monotonic()
         while True:
             time.sleep(every)
             try:
-                conn.ping()
+                probe.ping()
                 last_ok = time.monotonic()
             except redis.RedisError:
                 gone = time.monotonic() - last_ok
