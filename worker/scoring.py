@@ -8,9 +8,11 @@ Reading and writing use pyarrow's CSV engine, several times faster than pandas'.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import os
 import time
+import zlib
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -138,6 +140,10 @@ def _write(table: pa.Table, dst: IO[bytes]) -> None:
         pacsv.write_csv(table, dst, _QUOTED)
 
 
+_CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)
+"""Errors of a compressed input that is not what its name says (or is cut short)."""
+
+
 def score_stream(
     src: IO[bytes],
     dst: IO[bytes],
@@ -156,6 +162,15 @@ def score_stream(
     Raises:
         InputError: the file is not a CSV the model can score; the message names ``name``.
     """
+    try:
+        return _score(src, dst, model, name, keep, proba, block_size)
+    except _CORRUPT as e:
+        raise InputError(f"{name}: cannot decompress ({_one_line(e)})") from e
+
+
+def _score(
+    src: IO[bytes], dst: IO[bytes], model: Any, name: str, keep: Sequence[str] | None, proba: bool, block_size: int
+) -> int:
     header, head = _read_header(src, name)
     features = FeatureSpec(model, header, name)
     if keep is None:

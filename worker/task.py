@@ -99,6 +99,8 @@ def _score(p: Payload) -> int:
             rows = score_stream(src, dst, model, name=p["input"], keep=p["keep"], proba=p["proba"])
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:  # mid-stream
         raise storage.s3_error(p["input"], e) from e
+    except (ConnectionError, TimeoutError) as e:  # a reset or stalled connection may pass
+        raise TransientError(f"{p['input']}: connection trouble ({e})") from e
     if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
         storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**meta, "velo-rows": str(rows)})
     storage.delete(error_uri(p["output"]))  # a stale failure from an earlier run no longer holds

@@ -93,3 +93,18 @@ def test_bad_input_fails_with_one_line_naming_the_file(data, message):
     assert text.startswith("s3://b/a/1.csv: ")
     assert message in text
     assert "\n" not in text
+
+
+def test_gzip_name_without_gzip_content_fails_with_the_reason(tmp_path):
+    from worker import storage
+
+    path = tmp_path / "x.csv.gz"
+    path.write_bytes(b"id,f0\n1,2\n")  # plain text under a .gz name
+    with storage.open_read(str(path)) as src, pytest.raises(InputError, match=r"x.csv.gz: cannot decompress"):
+        score_stream(src, io.BytesIO(), fit_model(), name=str(path))
+
+
+def test_a_row_longer_than_a_block_fails_alone():
+    data = b"id,f0,f1,f2,f3\n" + b"1," + b"9" * 200_000 + b",2,3,4\n"
+    with pytest.raises(InputError, match=r"s3://b/a/1\.csv: .*straddl"):
+        score(data, fit_model(), block_size=65_536)
