@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import json
@@ -22,7 +23,7 @@ from dispatcher import status as status_mod
 from dispatcher.connection import connect, embedded, state_dir
 from dispatcher.enqueue import JOB_TIMEOUT, enqueue_batch, mark_already_queued, retry_failed
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
-from worker import models, storage
+from worker import logs, metrics, models, storage
 from worker.errors import ConfigError, VeloError
 
 __all__ = ["main"]
@@ -47,8 +48,16 @@ force_help = "Redo files already done."
 pattern_help = "Input file name pattern; repeat for several (default: *.csv, *.csv.gz)."
 output_help = "Write outputs under this prefix instead of next to the inputs, keeping relative paths."
 keep_help = "Input columns copied to the output, comma-separated (default: all)."
+features_help = "Input columns fed to the model, in its order, comma-separated (default: the model's feature names)."
+sep_help = "CSV delimiter of the inputs, kept for the outputs ('\\t' for tabs)."
+encoding_help = "Text encoding of the CSV inputs (outputs are UTF-8)."
 preload_help = "Load this model at start (before forking --processes), so the first job need not wait for it."
 timeout_help = "Seconds one file may take before its job is stopped."
+metrics_port_help = "Serve Prometheus metrics on this port (default: env VELO_METRICS_PORT; unset: off)."
+metrics_addr_help = "Address the metrics server listens on."
+log_format_help = "Log lines as readable text, or one JSON object per line (default: env VELO_LOG_FORMAT or text)."
+status_watch_help = "Refresh every --interval seconds until Ctrl-C."
+status_interval_help = "Seconds between refreshes of --watch."
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -73,6 +82,9 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--output", default=None, help=output_help),
             click.option("--suffix", default=".out", show_default=True, help="Added to output names."),
             click.option("--keep", default=None, help=keep_help),
+            click.option("--features", default=None, help=features_help),
+            click.option("--sep", default=",", show_default=True, help=sep_help),
+            click.option("--encoding", default="utf-8", show_default=True, help=encoding_help),
             click.option("--proba", is_flag=True, help="Add one proba_<class> column per class."),
             click.option("--force", is_flag=True, help=force_help),
             click.option("--dry-run", is_flag=True, help=dry_run_help),
@@ -118,6 +130,9 @@ def make_options(
     proba: bool,
     force: bool,
     model_sha256: str | None,
+    features: str | None,
+    sep: str,
+    encoding: str,
 ) -> Options:
     model = storage.normalize(model)
     version = models.version_of(model)
@@ -131,11 +146,32 @@ def make_options(
         patterns=patterns or DEFAULT_PATTERNS,
         suffix=suffix,
         output=storage.normalize(output) if output else None,
-        keep=[c.strip() for c in keep.split(",") if c.strip()] if keep is not None else None,
+        keep=_columns(keep),
         proba=proba,
+        features=_columns(features),
+        sep=_separator(sep),
+        encoding=_encoding(encoding),
         force=force,
         model_sha256=model_sha256,
     )
+
+
+def _columns(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text is not None else None
+
+
+def _separator(sep: str) -> str:
+    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)
+    if len(sep) != 1 or sep in '"\r\n':
+        raise ConfigError(f"--sep {sep!r}: the delimiter must be one character (use '\\t' for tabs)")
+    return sep
+
+
+def _encoding(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError as e:
+        raise ConfigError(f"--encoding {name!r}: unknown encoding; use e.g. utf-8, latin-1, cp1252") from e
 
 
 def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options, dry_run: bool, timeout: int):

@@ -58,6 +58,9 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
         "model_sha256": opts.model_sha256,
         "keep": opts.keep,
         "proba": opts.proba,
+        "features": opts.features,
+        "sep": opts.sep,
+        "encoding": opts.encoding,
         "batch": batch_id,
     }
 

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan"]
 DEFAULT_PATTERNS = ("*.csv", "*.csv.gz")
 """Input files picked when --pattern is not given."""
 
-_EXTENSIONS = (".csv.gz", ".csv")
+_EXTENSIONS = (".csv.gz", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class Options:
     output: str | None = None
     keep: list[str] | None = None
     proba: bool = False
+    features: list[str] | None = None
+    sep: str = ","
+    encoding: str = "utf-8"
     force: bool = False
     model_sha256: str | None = None
 
@@ -90,7 +93,7 @@ def plan(source: str, opts: Options) -> Iterator[Planned]:
 def _reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Options) -> str:
     if opts.force:
         return "forced"
-    params = params_key(opts.keep, opts.proba)
+    params = params_key(opts.keep, opts.proba, opts.features, opts.sep, opts.encoding)
     if output in existing:
         made = storage.read_lineage(output) or {}
         if not made:

@@ -11,7 +11,17 @@ from typing import Any, TypedDict
 
 from worker.errors import InputError
 
-__all__ = ["FAILURE_CALLBACK", "TASK", "Payload", "error_uri", "job_id", "lineage", "params_key", "validate"]
+__all__ = [
+    "FAILURE_CALLBACK",
+    "TASK",
+    "Payload",
+    "error_uri",
+    "job_id",
+    "lineage",
+    "params_key",
+    "payload_params",
+    "validate",
+]
 
 TASK = "worker.task.score_file"
 """Import path of the one function a Velosiped job may name."""
@@ -29,6 +39,9 @@ class Payload(TypedDict):
     model_sha256: str | None
     keep: list[str] | None
     proba: bool
+    features: list[str] | None
+    sep: str
+    encoding: str
     batch: str
 
 
@@ -41,6 +54,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "model_sha256": (str, type(None)),
     "keep": (list, type(None)),
     "proba": (bool,),
+    "features": (list, type(None)),
+    "sep": (str,),
+    "encoding": (str,),
     "batch": (str,),
 }
 
@@ -56,20 +72,40 @@ def validate(obj: Any) -> Payload:
     for field, types in _TYPES.items():
         if not isinstance(obj[field], types):
             raise InputError(f"job payload: {field} must be {' or '.join(t.__name__ for t in types)}")
-    if obj["keep"] is not None and not all(isinstance(c, str) for c in obj["keep"]):
-        raise InputError("job payload: keep must be a list of column names")
+    for field in ("keep", "features"):
+        if obj[field] is not None and not all(isinstance(c, str) for c in obj[field]):
+            raise InputError(f"job payload: {field} must be a list of column names")
+    if len(obj["sep"]) != 1:
+        raise InputError("job payload: sep must be one character")
     return obj  # type: ignore[return-value]
 
 
-def params_key(keep: list[str] | None, proba: bool) -> str:
-    """The output options that change an output's content, as a short stable string."""
-    return f"keep={','.join(keep) if keep is not None else '*'};proba={int(proba)}"
+def params_key(
+    keep: list[str] | None,
+    proba: bool,
+    features: list[str] | None = None,
+    sep: str = ",",
+    encoding: str = "utf-8",
+) -> str:
+    """The options that change an output's content, as a short stable string (defaults left out)."""
+    key = f"keep={','.join(keep) if keep is not None else '*'};proba={int(proba)}"
+    if features:
+        key += f";features={','.join(features)}"
+    if sep != ",":
+        key += f";sep={sep!r}"
+    if encoding.lower() not in {"utf-8", "utf8"}:
+        key += f";encoding={encoding.lower()}"
+    return key
+
+
+def payload_params(p: Payload) -> str:
+    return params_key(p["keep"], p["proba"], p["features"], p["sep"], p["encoding"])
 
 
 def job_id(payload: Payload) -> str:
     """Deterministic id: the same file version, model version, output and options give the same job."""
     parts = [payload["input"], payload["input_version"], payload["model_version"], payload["output"]]
-    parts.append(params_key(payload["keep"], payload["proba"]))
+    parts.append(payload_params(payload))
     return "velo-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
@@ -79,7 +115,7 @@ def lineage(payload: Payload) -> dict[str, str]:
         "velo-model": payload["model"].encode("ascii", "backslashreplace").decode(),
         "velo-model-version": payload["model_version"],
         "velo-input-version": payload["input_version"],
-        "velo-params": params_key(payload["keep"], payload["proba"]),
+        "velo-params": payload_params(payload),
         "velo-batch": payload["batch"],
     }
 

@@ -39,10 +39,11 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
+from worker import metrics
 from worker.errors import InputError, redact
 from worker.jobs import FAILURE_CALLBACK, TASK, validate
 
-__all__ = ["VeloWorker", "make_queue", "run_workers", "watch_redis"]
+__all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class VeloWorker(SimpleWorker):
         thread = threading.Thread(target=renew, name=f"lease-{job.id}", daemon=True)
         thread.start()
         try:
-            self.perform_job(job, queue, execution)
+            with metrics.busy():
+                self.perform_job(job, queue, execution)
         finally:
             stop.set()
             thread.join()
@@ -147,8 +149,22 @@ class VeloWorker(SimpleWorker):
         return super().work(*args, **kwargs)
 
 
+class VeloPool(WorkerPool):
+    """RQ's pool of forked workers, telling the metrics when one of them dies."""
+
+    def handle_dead_worker(self, worker_data: Any) -> None:
+        metrics.process_dead(worker_data.pid)
+        super().handle_dead_worker(worker_data)
+
+
 def make_queue(redis_conn: Redis, name: str) -> Queue:
     return Queue(name, connection=redis_conn, serializer=JSONSerializer)
+
+
+def queue_depth(conn: Redis, queue: str) -> Callable[[], int]:
+    """How many jobs wait in ``queue`` (one LLEN), failing fast while Redis is away."""
+    probe, key = _fail_fast(conn), make_queue(conn, queue).key
+    return lambda: int(probe.llen(key))
 
 
 def give_up(gone: float, children: list[int] | None = None) -> None:
@@ -161,12 +177,17 @@ def give_up(gone: float, children: list[int] | None = None) -> None:
     os._exit(2)
 
 
+def _fail_fast(conn: Redis) -> Redis:
+    """A client of the same Redis without ``conn``'s retries: a command fails at once while it is away."""
+    pool = conn.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in {"retry", "retry_on_error"}}
+    return Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+
+
 def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float = 2.0) -> threading.Thread:
     """A thread that pings Redis and calls ``on_give_up(seconds)`` once it has been gone too long."""
 
-    pool = conn.connection_pool
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in {"retry", "retry_on_error"}}
-    probe = Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))  # fails fast
+    probe = _fail_fast(conn)
 
     def loop() -> None:
         last_ok = time.monotonic()
@@ -196,7 +217,7 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")
         return
-    pool = WorkerPool(
+    pool = VeloPool(
         [queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer
     )
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))

@@ -1,8 +1,8 @@
-"""Stream one CSV through a model: read a block, predict, write, repeat; memory stays flat.
+"""Stream one file through a model: read a block, predict, write, repeat; memory stays flat.
 
-Input columns are read as text and copied to the output as they were written, so kept
-columns come out unchanged; only the model's features are converted to numbers.
-Reading and writing use pyarrow's CSV engine, several times faster than pandas'.
+CSV columns are read as text and copied to the output as they were written, so kept columns
+come out unchanged; only the model's features are converted to numbers. Parquet columns keep
+their types. Reading and writing use pyarrow, several times faster than pandas.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import io
 import os
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -21,13 +22,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from worker.errors import InputError
 
-__all__ = ["BLOCK_SIZE", "FeatureSpec", "score_stream"]
+__all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "is_parquet", "score_stream"]
 
 BLOCK_SIZE = int(os.environ.get("VELO_BLOCK_SIZE") or 8 * 1024 * 1024)
 """Bytes of CSV parsed per block (env VELO_BLOCK_SIZE); a worker holds 3-4 blocks in memory. A row must fit in one."""
+
+PARQUET_BATCH_ROWS = 65_536
+"""Rows read from a Parquet file at a time."""
 
 _TEST_SLOW_BLOCKS = float(os.environ.get("VELO_TEST_SLOW_ROWS") or 0)
 """Test knob: seconds to sleep after each block, so fault tests can catch a worker mid-file."""
@@ -36,33 +41,65 @@ MAX_HEADER = 16 * 1024 * 1024
 """Longest header line accepted."""
 
 _NULL_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
-_PLAIN = pacsv.WriteOptions(include_header=False, quoting_style="none")
-_QUOTED = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+_CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)
+"""Errors of a compressed input that is not what its name says (or is cut short)."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a CSV is written: its delimiter (kept for the output) and its text encoding (output is UTF-8)."""
+
+    sep: str = ","
+    encoding: str = "utf-8"
+
+
+def is_parquet(uri: str) -> bool:
+    return uri.endswith(".parquet")
 
 
 class FeatureSpec:
-    """Which input columns feed the model, decided once per file from its header."""
+    """Which input columns feed the model, decided once per file from its header.
 
-    def __init__(self, model: Any, header: Sequence[str], name: str) -> None:
+    By default the model's ``feature_names_in_`` pick columns by name; a model fitted without
+    names takes every column in order. ``override`` (``--features``) names the input columns
+    to feed, in the model's order, and may rename them for a model fitted with other names.
+    """
+
+    def __init__(self, model: Any, header: Sequence[str], name: str, override: Sequence[str] | None = None) -> None:
         names = getattr(model, "feature_names_in_", None)
-        if names is not None:
+        expected = getattr(model, "n_features_in_", None)
+        if override:
+            missing = [c for c in override if c not in header]
+            if missing:
+                raise InputError(f"{name}: missing --features columns: {', '.join(missing)}")
+            if expected is not None and len(override) != expected:
+                raise InputError(f"{name}: --features names {len(override)} columns, the model expects {expected}")
+            self.columns = list(override)
+            self.model_names = [str(n) for n in names] if names is not None else None
+        elif names is not None:
             self.columns = [str(n) for n in names]
             missing = [n for n in self.columns if n not in header]
             if missing:
                 raise InputError(f"{name}: missing feature columns: {', '.join(missing)}")
-            self.named = True
+            self.model_names = self.columns
         else:
-            expected = getattr(model, "n_features_in_", None)
             if expected is not None and len(header) != expected:
                 raise InputError(
                     f"{name}: has {len(header)} columns but the model expects {expected} "
                     "(it was fitted without column names, so every column is a feature)"
                 )
             self.columns = list(header)
-            self.named = False
+            self.model_names = None
+
+    def matrix(self, batch: pa.RecordBatch, name: str) -> Any:
+        """The model's input for one block: a DataFrame when the model knows names, else an array."""
+        cols = [_to_numbers(batch.column(c), c, name) for c in self.columns]
+        if self.model_names is None:
+            return np.column_stack(cols) if cols else np.empty((batch.num_rows, 0))
+        return pd.DataFrame(dict(zip(self.model_names, cols, strict=True)), copy=False)
 
 
-def _read_header(src: IO[bytes], name: str) -> tuple[list[str], bytes]:
+def _read_header(src: IO[bytes], name: str, dialect: Dialect) -> tuple[list[str], bytes]:
     """The header's column names, and the bytes read so far (to replay them to the parser)."""
     head = b""
     while b"\n" not in head:
@@ -75,13 +112,14 @@ def _read_header(src: IO[bytes], name: str) -> tuple[list[str], bytes]:
     if not head.strip():
         raise InputError(f"{name}: empty file (no header line)")
     line = head.split(b"\n", 1)[0]
+    encoding = "utf-8-sig" if dialect.encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else dialect.encoding
     try:
-        text = line.decode("utf-8-sig")
+        text = line.decode(encoding)
     except UnicodeDecodeError as e:
-        raise InputError(f"{name}: header is not UTF-8 text; not a CSV file") from e
+        raise InputError(f"{name}: header is not {dialect.encoding} text; not a CSV file (see --encoding)") from e
     if "\x00" in text:
         raise InputError(f"{name}: header holds NUL bytes; not a CSV file")
-    header = next(csv.reader([text.rstrip("\r")]))
+    header = next(csv.reader([text.rstrip("\r")], delimiter=dialect.sep))
     duplicates = sorted({c for c in header if header.count(c) > 1})
     if duplicates:
         raise InputError(f"{name}: duplicate column names: {', '.join(duplicates)}")
@@ -113,8 +151,9 @@ def _to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str) -> np.n
     """One feature column as float64; empty and NA-like cells become NaN."""
     try:
         return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:
-        pass
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if not pa.types.is_string(column.type):
+            raise InputError(f"{name}: column {col!r} of type {column.type} is not numeric") from None
     nulled = pc.if_else(pc.is_in(column, pa.array(_NULL_TOKENS)), pa.scalar(None, pa.string()), column)
     try:
         return pc.cast(nulled, pa.float64()).to_numpy(zero_copy_only=False)
@@ -127,21 +166,88 @@ def _to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str) -> np.n
         raise
 
 
-def _header_line(columns: list[str]) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(columns)
-    return buf.getvalue().encode()
+class _CsvOut:
+    """Writes CSV blocks: unquoted when nothing needs quotes (the common case), else quoting strings."""
+
+    def __init__(self, dst: IO[bytes], columns: list[str], sep: str) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, delimiter=sep, lineterminator="\n").writerow(columns)
+        dst.write(buf.getvalue().encode())
+        self.dst = dst
+        self.plain = pacsv.WriteOptions(include_header=False, quoting_style="none", delimiter=sep)
+        self.quoted = pacsv.WriteOptions(include_header=False, quoting_style="needed", delimiter=sep)
+
+    def write(self, table: pa.Table) -> None:
+        try:
+            pacsv.write_csv(table, self.dst, self.plain)
+        except pa.ArrowInvalid:  # a value holds the delimiter, a quote or a line break
+            pacsv.write_csv(table, self.dst, self.quoted)
+
+    def close(self) -> None:
+        pass
 
 
-def _write(table: pa.Table, dst: IO[bytes]) -> None:
+class _ParquetOut:
+    """Writes Parquet row groups; the schema comes from the first block (or the model, for none)."""
+
+    def __init__(self, dst: IO[bytes]) -> None:
+        self.dst = dst
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.dst, table.schema)
+        self.writer.write_table(table.cast(self.writer.schema))
+
+    def close(self, empty: pa.Table | None = None) -> None:
+        if self.writer is None and empty is not None:
+            self.writer = pq.ParquetWriter(self.dst, empty.schema)
+        if self.writer is not None:
+            self.writer.close()
+
+
+Blocks = tuple[list[str], Iterator[pa.RecordBatch], pa.Schema | None]
+"""A file's header, its blocks, and (for Parquet) its schema."""
+
+
+def _csv_blocks(src: IO[bytes], name: str, dialect: Dialect, block_size: int) -> Blocks:
+    header, head = _read_header(src, name, dialect)
     try:
-        pacsv.write_csv(table, dst, _PLAIN)
-    except pa.ArrowInvalid:  # a value holds a comma, quote or line break: quote the strings
-        pacsv.write_csv(table, dst, _QUOTED)
+        reader = pacsv.open_csv(
+            _Replay(head, src),
+            read_options=pacsv.ReadOptions(block_size=block_size, encoding=dialect.encoding),
+            parse_options=pacsv.ParseOptions(delimiter=dialect.sep),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        raise InputError(f"{name}: {_one_line(e)}") from e
+    return header, _arrow_blocks(reader, name), None
 
 
-_CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)
-"""Errors of a compressed input that is not what its name says (or is cut short)."""
+def _arrow_blocks(reader: Any, name: str) -> Iterator[pa.RecordBatch]:
+    rows = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as e:
+            raise InputError(f"{name}: after row {rows}: {_one_line(e)}") from e
+        rows += batch.num_rows
+        yield batch
+
+
+def _parquet_blocks(src: IO[bytes], name: str) -> Blocks:
+    try:
+        pf = pq.ParquetFile(src)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{name}: not a Parquet file ({_one_line(e)})") from e
+    schema = pf.schema_arrow
+    return list(schema.names), pf.iter_batches(batch_size=PARQUET_BATCH_ROWS), schema
 
 
 def score_stream(
@@ -152,79 +258,89 @@ def score_stream(
     name: str,
     keep: Sequence[str] | None = None,
     proba: bool = False,
+    features: Sequence[str] | None = None,
+    dialect: Dialect = Dialect(),
+    parquet: bool = False,
     block_size: int = BLOCK_SIZE,
 ) -> int:
-    """Score the CSV in ``src`` into ``dst``; returns the number of rows.
+    """Score the CSV (or Parquet) file in ``src`` into ``dst``; returns the number of rows.
 
     Output columns: ``keep`` (default: all input columns) in input order, ``prediction``,
     then with ``proba`` one ``proba_<class>`` column per class.
 
     Raises:
-        InputError: the file is not a CSV the model can score; the message names ``name``.
+        InputError: the file is not one the model can score; the message names ``name``.
     """
     try:
-        return _score(src, dst, model, name, keep, proba, block_size)
+        header, blocks, schema = _parquet_blocks(src, name) if parquet else _csv_blocks(src, name, dialect, block_size)
+        spec = FeatureSpec(model, header, name, features)
+        kept = _kept(header, keep, name)
+        classes = _classes(model, proba, name)
+        names = [*kept, "prediction", *(f"proba_{c}" for c in classes)]
+        out: _CsvOut | _ParquetOut = _ParquetOut(dst) if parquet else _CsvOut(dst, names, dialect.sep)
+        rows = 0
+        for batch in blocks:
+            if batch.num_rows == 0:
+                continue
+            out.write(_predict(batch, spec, model, kept, classes, names, rows, name))
+            rows += batch.num_rows
+            if _TEST_SLOW_BLOCKS:
+                time.sleep(_TEST_SLOW_BLOCKS)
+        if isinstance(out, _ParquetOut):
+            out.close(_empty(model, kept, classes, names, schema))
+        return rows
     except _CORRUPT as e:
         raise InputError(f"{name}: cannot decompress ({_one_line(e)})") from e
 
 
-def _score(
-    src: IO[bytes], dst: IO[bytes], model: Any, name: str, keep: Sequence[str] | None, proba: bool, block_size: int
-) -> int:
-    header, head = _read_header(src, name)
-    features = FeatureSpec(model, header, name)
+def _kept(header: list[str], keep: Sequence[str] | None, name: str) -> list[str]:
     if keep is None:
-        kept = list(header)
-    else:
-        unknown = [c for c in keep if c not in header]
-        if unknown:
-            raise InputError(f"{name}: --keep names columns not in the file: {', '.join(unknown)}")
-        kept = [c for c in header if c in keep]
-    classes: list[Any] = []
-    if proba:
-        if not hasattr(model, "predict_proba"):
-            raise InputError(f"{name}: --proba asked but the model has no predict_proba")
-        classes = list(model.classes_)
-    dst.write(_header_line([*kept, "prediction", *(f"proba_{c}" for c in classes)]))
+        return list(header)
+    unknown = [c for c in keep if c not in header]
+    if unknown:
+        raise InputError(f"{name}: --keep names columns not in the file: {', '.join(unknown)}")
+    return [c for c in header if c in keep]
 
+
+def _classes(model: Any, proba: bool, name: str) -> list[Any]:
+    if not proba:
+        return []
+    if not hasattr(model, "predict_proba"):
+        raise InputError(f"{name}: --proba asked but the model has no predict_proba")
+    return list(model.classes_)
+
+
+def _predict(
+    batch: pa.RecordBatch,
+    spec: FeatureSpec,
+    model: Any,
+    kept: list[str],
+    classes: list[Any],
+    names: list[str],
+    rows: int,
+    name: str,
+) -> pa.Table:
+    x = spec.matrix(batch, name)
     try:
-        reader = pacsv.open_csv(
-            _Replay(head, src),
-            read_options=pacsv.ReadOptions(block_size=block_size),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in header},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise InputError(f"{name}: {_one_line(e)}") from e
-    rows = 0
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except pa.ArrowInvalid as e:
-            raise InputError(f"{name}: after row {rows}: {_one_line(e)}") from e
-        if batch.num_rows == 0:
-            continue
-        cols = {c: _to_numbers(batch.column(c), c, name) for c in features.columns}
-        x: Any = pd.DataFrame(cols, copy=False) if features.named else np.column_stack(list(cols.values()))
-        try:
-            prediction = model.predict(x)
-            probabilities = model.predict_proba(x) if proba else None
-        except Exception as e:
-            raise InputError(f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}: {_one_line(e)}") from e
-        arrays = [batch.column(c) for c in kept] + [pa.array(np.asarray(prediction))]
-        if probabilities is not None:
-            arrays += [pa.array(probabilities[:, i]) for i in range(len(classes))]
-        names = [*kept, "prediction", *(f"proba_{c}" for c in classes)]
-        _write(pa.Table.from_arrays(arrays, names=names), dst)
-        rows += batch.num_rows
-        if _TEST_SLOW_BLOCKS:
-            time.sleep(_TEST_SLOW_BLOCKS)
-    return rows
+        prediction = model.predict(x)
+        probabilities = model.predict_proba(x) if classes else None
+    except Exception as e:
+        raise InputError(f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}: {_one_line(e)}") from e
+    arrays = [batch.column(c) for c in kept] + [pa.array(np.asarray(prediction))]
+    if probabilities is not None:
+        arrays += [pa.array(probabilities[:, i]) for i in range(len(classes))]
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _empty(model: Any, kept: list[str], classes: list[Any], names: list[str], schema: pa.Schema | None) -> pa.Table:
+    """A zero-row table with the output's columns, for an input without rows."""
+    classes_ = getattr(model, "classes_", None)
+    dtype = np.asarray(classes_).dtype if classes_ is not None else np.dtype("float64")
+    prediction_type = pa.string() if dtype.kind in "OUS" else pa.from_numpy_dtype(dtype)
+    kept_fields = [schema.field(c) for c in kept] if schema is not None else [pa.field(c, pa.string()) for c in kept]
+    fields = [*kept_fields, pa.field("prediction", prediction_type)]
+    fields += [pa.field(n, pa.float64()) for n in names[len(kept) + 1 :]]
+    return pa.schema(fields).empty_table()
 
 
 def _one_line(error: BaseException) -> str:

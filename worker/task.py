@@ -16,8 +16,8 @@ from rq.timeouts import JobTimeoutException
 from worker import models, storage
 from worker.batch import FileState, set_state
 from worker.errors import ConfigError, InputError, TransientError, VeloError
-from worker.jobs import Payload, error_uri, lineage, params_key, validate
-from worker.scoring import score_stream
+from worker.jobs import Payload, error_uri, lineage, payload_params, validate
+from worker.scoring import Dialect, is_parquet, score_stream
 
 __all__ = ["ALLOWED_PREFIXES_ENV", "on_job_failure", "score_file"]
 
@@ -96,7 +96,17 @@ def _score(p: Payload) -> int:
     meta = lineage(p)
     try:
         with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], meta) as dst:
-            rows = score_stream(src, dst, model, name=p["input"], keep=p["keep"], proba=p["proba"])
+            rows = score_stream(
+                src,
+                dst,
+                model,
+                name=p["input"],
+                keep=p["keep"],
+                proba=p["proba"],
+                features=p["features"],
+                dialect=Dialect(p["sep"], p["encoding"]),
+                parquet=is_parquet(p["input"]),
+            )
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:  # mid-stream
         raise storage.s3_error(p["input"], e) from e
     except (ConnectionError, TimeoutError) as e:  # a reset or stalled connection may pass
@@ -116,7 +126,7 @@ def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
         "input_version": p["input_version"],
         "model": p["model"],
         "model_version": p["model_version"],
-        "params": params_key(p["keep"], p["proba"]),
+        "params": payload_params(p),
         "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:

@@ -82,7 +82,7 @@ def test_model_without_names_takes_every_column_by_position():
         (b"id,f0,f1,f3\n1,2,3,4\n", "missing feature columns: f2"),
         (b"id,f0,f1,f2,f3\n1,2,3,4\n", "CSV parse error: Expected 5 columns, got 4"),
         (b"id,f0,f1,f2,f3\n1,2,abc,4,5\n", "column 'f1' holds non-numeric value 'abc'"),
-        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not UTF-8"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "header is not utf-8 text"),
         (b"a,a,f0\n1,2,3\n", "duplicate column names: a"),
     ],
 )
@@ -108,3 +108,53 @@ def test_a_row_longer_than_a_block_fails_alone():
     data = b"id,f0,f1,f2,f3\n" + b"1," + b"9" * 200_000 + b",2,3,4\n"
     with pytest.raises(InputError, match=r"s3://b/a/1\.csv: .*straddl"):
         score(data, fit_model(), block_size=65_536)
+
+
+def test_semicolon_latin1_input_keeps_its_delimiter_and_comes_out_utf8():
+    from worker.scoring import Dialect
+
+    data = "id;f0;f1;f2;f3;ville\n1;0,5;1;2;3;Orléans\n".replace("0,5", "0.5").encode("latin-1")
+    rows, out = score(data, fit_model(), dialect=Dialect(";", "latin-1"))
+    assert rows == 1
+    lines = out.decode("utf-8").splitlines()
+    assert lines[0] == "id;f0;f1;f2;f3;ville;prediction"
+    assert lines[1].startswith("1;0.5;1;2;3;Orléans;")
+
+
+def test_features_override_feeds_renamed_columns_to_a_named_model():
+    df = make_frame(30).rename(columns={"f0": "a", "f1": "b", "f2": "c", "f3": "d"})
+    model = fit_model()
+    _, out = score(csv_bytes(df), model, features=["a", "b", "c", "d"])
+    got = pd.read_csv(io.BytesIO(out))
+    renamed = df.rename(columns={"a": "f0", "b": "f1", "c": "f2", "d": "f3"})
+    np.testing.assert_array_equal(got["prediction"], model.predict(renamed[["f0", "f1", "f2", "f3"]]))
+    with pytest.raises(InputError, match="missing --features columns: zz"):
+        score(csv_bytes(df), model, features=["a", "b", "c", "zz"])
+
+
+def test_parquet_in_parquet_out_keeps_types_and_rows():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = make_frame(100_000)
+    src = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), src, row_group_size=30_000)
+    model = fit_model("multiclass")
+    out = io.BytesIO()
+    rows = score_stream(io.BytesIO(src.getvalue()), out, model, name="x.parquet", proba=True, parquet=True)
+    got = pq.read_table(io.BytesIO(out.getvalue())).to_pandas()
+    assert rows == 100_000
+    assert got["id"].dtype == df["id"].dtype
+    assert_output_matches(got, expected_output(df, model, proba=True))
+
+
+def test_empty_parquet_gives_an_empty_parquet_with_the_output_columns():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(make_frame(0), preserve_index=False), src)
+    out = io.BytesIO()
+    rows = score_stream(io.BytesIO(src.getvalue()), out, fit_model(), name="x.parquet", keep=["id"], parquet=True)
+    table = pq.read_table(io.BytesIO(out.getvalue()))
+    assert (rows, table.num_rows, table.column_names) == (0, 0, ["id", "prediction"])

@@ -1,0 +1,62 @@
+"""Formats users have, through the real CLI: Parquet in and out, another delimiter and encoding."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import assert_output_matches, dump_model, expected_output, fit_model, make_frame, parse_dispatch
+
+pytestmark = pytest.mark.e2e
+
+
+def test_parquet_on_s3_comes_back_as_parquet(s3, clean_redis, velo, tmp_path):
+    # Given two Parquet files and a model
+    model = fit_model()
+    model_path = dump_model(model, tmp_path / "m.joblib")
+    frames = {"in/p1.parquet": make_frame(40, seed=1), "in/p2.parquet": make_frame(7, seed=2)}
+    for key, frame in frames.items():
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+        s3.put(key, buf.getvalue())
+    # When they are dispatched and worked
+    out = velo("dispatch", s3.uri("in/"), "--model", str(model_path), "--pattern", "*.parquet", "--redis", clean_redis)
+    assert parse_dispatch(out.stdout)[1:] == (2, 0)
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+    # Then each has a Parquet output with the input's types and the predictions
+    for key, frame in frames.items():
+        got = pq.read_table(io.BytesIO(s3.get(key.replace(".parquet", ".out.parquet")))).to_pandas()
+        assert got["id"].dtype == frame["id"].dtype
+        assert_output_matches(got, expected_output(frame, model))
+
+
+def test_semicolon_latin1_csv_keeps_its_delimiter(clean_redis, velo, tmp_path):
+    model = fit_model()
+    model_path = dump_model(model, tmp_path / "m.joblib")
+    frame = make_frame(25, seed=3)
+    frame["city"] = "Orléans"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "1.csv").write_bytes(frame.to_csv(index=False, sep=";").encode("latin-1"))
+    result = velo(
+        "run",
+        str(data),
+        "--model",
+        str(model_path),
+        "--workers",
+        "1",
+        "--sep",
+        ";",
+        "--encoding",
+        "latin-1",
+        "--redis",
+        clean_redis,
+        check=0,
+    )
+    text = (data / "1.out.csv").read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "id;f0;f1;f2;f3;city;prediction"
+    assert_output_matches(pd.read_csv(io.StringIO(text), sep=";"), expected_output(frame, model))
+    assert "1 enqueued" in result.stdout
