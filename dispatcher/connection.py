@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from worker.errors import ConfigError, redact
@@ -36,16 +36,17 @@ def connect(url: str) -> redis.Redis:
         ConfigError: the URL is malformed or the server does not answer.
     """
     try:
+        # Checked once without retries, so a wrong URL fails at once...
+        redis.Redis.from_url(url, socket_connect_timeout=5, retry=Retry(NoBackoff(), retries=0)).ping()
+        # ...then every command rides out a short outage (a Redis restart) before an error
+        # surfaces: 12 tries, backing off from 0.25 s to 5 s, about 40 s in all.
         conn = redis.Redis.from_url(
             url,
             socket_connect_timeout=5,
             health_check_interval=30,
-            # Every command rides out a short outage (a Redis restart) before an error surfaces:
-            # 12 tries, backing off from 0.25 s to 5 s, about 40 s in all.
             retry=Retry(ExponentialWithJitterBackoff(base=0.25, cap=5), retries=12),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
         )
-        conn.ping()
     except ValueError as e:
         raise ConfigError(f"bad Redis URL {redact(url)!r} ({e}); use redis://host:6379/0") from e
     except redis.AuthenticationError as e:
