@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from dispatcher.plan import Options, Planned
 
-__all__ = ["JOB_TIMEOUT", "Batch", "enqueue_batch", "mark_already_queued", "retry_failed"]
+__all__ = ["JOB_TIMEOUT", "Batch", "add_files", "create_batch", "enqueue_batch", "mark_already_queued", "retry_failed"]
 
 JOB_TIMEOUT = 6 * 3600
 """Seconds one file may take before RQ stops its job (override with --timeout)."""
@@ -111,24 +111,41 @@ def _enqueue(redis: Redis, queue: str, payload: Payload, timeout: int) -> bool:
     return True
 
 
+def create_batch(redis: Redis, queue: str, source: str, opts: Options) -> Batch:
+    """Record a new, empty batch."""
+    batch = Batch(new_batch_id())
+    now = time.time()
+    redis.hset(
+        keys.batch(batch.id),
+        mapping={"source": source, "model": opts.model, "queue": queue, "created_at": f"{now:.3f}", "total": 0},
+    )
+    redis.zadd(keys.BATCHES, {batch.id: now})
+    return batch
+
+
+def add_files(
+    redis: Redis, queue: str, batch: Batch, opts: Options, planned: list[Planned], timeout: int = JOB_TIMEOUT
+) -> int:
+    """Enqueue, in ``batch``, the files the plan says need scoring; returns how many were enqueued."""
+    planned = mark_already_queued(redis, opts, planned)
+    batch.planned += planned
+    added = 0
+    for item in planned:
+        if item.enqueue and _enqueue(redis, queue, payload_for(item, opts, batch.id), timeout):
+            added += 1
+        else:
+            batch.skipped += 1
+    batch.enqueued += added
+    redis.hset(keys.batch(batch.id), mapping={"enqueued": batch.enqueued, "skipped": batch.skipped})
+    return added
+
+
 def enqueue_batch(
     redis: Redis, queue: str, source: str, opts: Options, planned: list[Planned], timeout: int = JOB_TIMEOUT
 ) -> Batch:
     """Record a batch and enqueue the files its plan says need scoring."""
-    planned = mark_already_queued(redis, opts, planned)
-    batch = Batch(new_batch_id(), planned=planned)
-    now = f"{time.time():.3f}"
-    redis.hset(
-        keys.batch(batch.id),
-        mapping={"source": source, "model": opts.model, "queue": queue, "created_at": now, "total": 0},
-    )
-    for item in planned:
-        if item.enqueue and _enqueue(redis, queue, payload_for(item, opts, batch.id), timeout):
-            batch.enqueued += 1
-        else:
-            batch.skipped += 1
-    redis.hset(keys.batch(batch.id), mapping={"enqueued": batch.enqueued, "skipped": batch.skipped})
-    redis.zadd(keys.BATCHES, {batch.id: float(now)})
+    batch = create_batch(redis, queue, source, opts)
+    add_files(redis, queue, batch, opts, planned, timeout)
     return batch
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from worker import storage
@@ -73,14 +73,27 @@ def _is_output(uri: str, suffix: str) -> bool:
     return _split_ext(uri)[0].endswith(suffix)
 
 
-def plan(source: str, opts: Options) -> Iterator[Planned]:
-    """The plan for every input under ``source``, in listing order. Outputs are never inputs."""
-    everything = list(storage.list_files(source, ("*",)))
+def plan(
+    source: str,
+    opts: Options,
+    *,
+    start_after: str | None = None,
+    known: Callable[[storage.ObjectInfo], bool] | None = None,
+) -> Iterator[Planned]:
+    """The plan for every input under ``source``, in listing order. Outputs are never inputs.
+
+    ``start_after`` plans only S3 keys after it (a watch's incremental listing: a new input's
+    output, if any, sorts after it); ``known`` skips files already planned, unchanged.
+    """
+    everything = list(storage.list_files(source, ("*",), start_after=start_after))
     existing = {i.uri for i in everything}
-    if opts.output is not None and (storage.is_s3(opts.output) or os.path.isdir(opts.output)):
+    has_output = opts.output is not None and (storage.is_s3(opts.output) or os.path.isdir(opts.output))
+    if has_output and start_after is None:
         existing |= {i.uri for i in storage.list_files(opts.output, ("*",))}
     out_prefix = opts.output.rstrip("/") + "/" if opts.output else None
     for info in everything:
+        if known is not None and known(info):
+            continue
         name = info.uri.rsplit("/", 1)[-1]
         if not any(fnmatch.fnmatch(name, p) for p in opts.patterns) or _is_output(info.uri, opts.suffix):
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "velo:"
 
 BATCHES = PREFIX + "batches"
@@ -26,3 +28,9 @@ def batch_errors(batch_id: str) -> str:
 def batch_jobs(batch_id: str) -> str:
     """Hash: input URI -> JSON job payload, so `velo retry` can enqueue a file again."""
     return f"{PREFIX}batch:{batch_id}:jobs"
+
+
+def watch_cursor(source: str, queue: str) -> str:
+    """String: the last S3 key a `velo watch` of ``source`` has listed, so a restart resumes there."""
+    digest = hashlib.sha256(f"{queue}\0{source}".encode()).hexdigest()[:16]
+    return f"{PREFIX}watch:{digest}:cursor"

@@ -160,17 +160,20 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def list_files(source: str, patterns: tuple[str, ...]) -> Iterator[ObjectInfo]:
+def list_files(source: str, patterns: tuple[str, ...], start_after: str | None = None) -> Iterator[ObjectInfo]:
     """Every file under ``source`` whose base name matches one of ``patterns``, in key order.
 
     S3 listings are paged (1,000 keys a request); memory stays flat whatever the count.
+    ``start_after`` (an S3 URI) lists only the keys after it, as S3 does; local folders
+    are walked whole, which costs only a stat per file.
 
     Raises:
         ConfigError: the bucket or folder does not exist, or access is denied.
     """
     if is_s3(source):
         bucket, prefix = split_s3(source)
-        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        after = {"StartAfter": split_s3(start_after)[1]} if start_after else {}
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **after)
         with _s3_errors(source):
             for page in pages:
                 for obj in page.get("Contents", []):

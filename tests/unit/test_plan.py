@@ -2,29 +2,7 @@
 
 from __future__ import annotations
 
-import boto3
-import pytest
-from moto import mock_aws
-
 from dispatcher.plan import Options, output_for, plan
-from worker import storage
-
-
-@pytest.fixture
-def bucket(monkeypatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        storage.client.cache_clear()
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="bkt")
-        yield s3
-    storage.client.cache_clear()
 
 
 def test_output_names():
@@ -34,22 +12,22 @@ def test_output_names():
     assert output_for("/d/", "/d/x/1.csv", ".pred", "/o") == "/o/x/1.pred.csv"
 
 
-def test_listing_pages_past_1000_and_never_takes_outputs(bucket):
+def test_listing_pages_past_1000_and_never_takes_outputs(mock_s3):
     for i in range(1_003):
-        bucket.put_object(Bucket="bkt", Key=f"in/{i:04}.csv", Body=b"a\n1\n")
-    bucket.put_object(Bucket="bkt", Key="in/0000.out.csv", Body=b"a,prediction\n1,0\n")
-    bucket.put_object(Bucket="bkt", Key="in/notes.txt", Body=b"x")
+        mock_s3.put_object(Bucket="bkt", Key=f"in/{i:04}.csv", Body=b"a\n1\n")
+    mock_s3.put_object(Bucket="bkt", Key="in/0000.out.csv", Body=b"a,prediction\n1,0\n")
+    mock_s3.put_object(Bucket="bkt", Key="in/notes.txt", Body=b"x")
     planned = list(plan("s3://bkt/in/", Options(model="m", model_version="v")))
     assert len(planned) == 1_003
     assert {p.reason for p in planned} == {"new"}
     assert planned[0].output == "s3://bkt/in/0000.out.csv"
 
 
-def test_skip_reasons_follow_the_lineage(bucket):
-    bucket.put_object(Bucket="bkt", Key="in/1.csv", Body=b"a\n1\n")
-    etag = "etag:" + bucket.head_object(Bucket="bkt", Key="in/1.csv")["ETag"].strip('"')
+def test_skip_reasons_follow_the_lineage(mock_s3):
+    mock_s3.put_object(Bucket="bkt", Key="in/1.csv", Body=b"a\n1\n")
+    etag = "etag:" + mock_s3.head_object(Bucket="bkt", Key="in/1.csv")["ETag"].strip('"')
     meta = {"velo-input-version": etag, "velo-model-version": "v1", "velo-params": "keep=*;proba=0"}
-    bucket.put_object(Bucket="bkt", Key="in/1.out.csv", Body=b"x", Metadata=meta)
+    mock_s3.put_object(Bucket="bkt", Key="in/1.out.csv", Body=b"x", Metadata=meta)
 
     def reason(**kw) -> str:
         opts = {"model": "m", "model_version": "v1", **kw}
@@ -59,7 +37,7 @@ def test_skip_reasons_follow_the_lineage(bucket):
     assert reason(model_version="v2") == "model changed"
     assert reason(proba=True) == "options changed"
     assert reason(force=True) == "forced"
-    bucket.put_object(Bucket="bkt", Key="in/1.csv", Body=b"a\n2\n")
+    mock_s3.put_object(Bucket="bkt", Key="in/1.csv", Body=b"a\n2\n")
     assert reason() == "input changed"
 
 

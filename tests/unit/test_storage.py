@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from worker import storage
 from worker.errors import ConfigError
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        storage.client.cache_clear()
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="bkt")
-        yield client
-    storage.client.cache_clear()
-
-
-def test_s3_write_is_aborted_on_error_and_complete_with_metadata_on_success(s3):
+def test_s3_write_is_aborted_on_error_and_complete_with_metadata_on_success(mock_s3):
     with pytest.raises(RuntimeError), storage.write_atomic("s3://bkt/o/1.out.csv", {"velo-batch": "x"}) as out:
         out.write(b"a,prediction\n" * 1000)
         raise RuntimeError("scoring failed half way")
-    assert "Contents" not in s3.list_objects_v2(Bucket="bkt")
-    assert s3.list_multipart_uploads(Bucket="bkt").get("Uploads", []) == []
+    assert "Contents" not in mock_s3.list_objects_v2(Bucket="bkt")
+    assert mock_s3.list_multipart_uploads(Bucket="bkt").get("Uploads", []) == []
 
     with storage.write_atomic("s3://bkt/o/1.out.csv", {"velo-batch": "x"}) as out:
         out.write(b"a,prediction\n1,0\n")
-    assert s3.get_object(Bucket="bkt", Key="o/1.out.csv")["Body"].read() == b"a,prediction\n1,0\n"
+    assert mock_s3.get_object(Bucket="bkt", Key="o/1.out.csv")["Body"].read() == b"a,prediction\n1,0\n"
     assert storage.read_lineage("s3://bkt/o/1.out.csv") == {"velo-batch": "x"}
 
 
@@ -61,6 +42,6 @@ def test_uri_errors():
     assert storage.normalize("file:///tmp/a/") == "/tmp/a/"
 
 
-def test_missing_bucket_is_a_config_error(s3):
+def test_missing_bucket_is_a_config_error(mock_s3):
     with pytest.raises(ConfigError, match="bucket does not exist"):
         list(storage.list_files("s3://nope/in/", ("*.csv",)))

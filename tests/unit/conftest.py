@@ -1,0 +1,25 @@
+"""Fixtures for the fast unit tests: moto's in-process S3."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from worker import storage
+
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def mock_s3(monkeypatch):
+    """A boto3 S3 client on moto's in-process mock, with the bucket `bkt` made."""
+    for k, v in FAKE_AWS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        storage.client.cache_clear()
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="bkt")
+        yield client
+    storage.client.cache_clear()
