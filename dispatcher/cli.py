@@ -52,6 +52,8 @@ features_help = "Input columns fed to the model, in its order, comma-separated (
 sep_help = "CSV delimiter of the inputs, kept for the outputs ('\\t' for tabs)."
 encoding_help = "Text encoding of the CSV inputs (outputs are UTF-8)."
 preload_help = "Load this model at start (before forking --processes), so the first job need not wait for it."
+interval_help = "Seconds between listings of SOURCE."
+full_every_help = "List SOURCE whole every N listings (S3 otherwise lists only keys after the last one seen)."
 timeout_help = "Seconds one file may take before its job is stopped."
 metrics_port_help = "Serve Prometheus metrics on this port (default: env VELO_METRICS_PORT; unset: off)."
 metrics_addr_help = "Address the metrics server listens on."
@@ -259,6 +261,46 @@ def run(
     sys.exit(EXIT_FILES_FAILED if result.get("failed") else EXIT_OK)
 
 
+@cli.command(epilog=HELP_EPILOG)
+@dispatch_options
+@click.option("--interval", type=float, default=10.0, show_default=True, help=interval_help)
+@click.option("--full-every", type=click.IntRange(1), default=60, show_default=True, help=full_every_help)
+@click.option("--ticks", type=click.IntRange(1), default=None, hidden=True)  # for tests: stop after N listings
+@redis_option
+@handle_errors
+def watch(
+    source: str,
+    redis_url: str | None,
+    queue: str,
+    interval: float,
+    full_every: int,
+    ticks: int | None,
+    dry_run: bool,
+    timeout: int,
+    **kw: Any,
+) -> None:
+    """Keep dispatching: files dropped into SOURCE are enqueued within --interval seconds, each once."""
+    from dispatcher.watch import watch as watch_loop
+
+    if dry_run:
+        raise ConfigError("--dry-run does not apply to watch; use `velo dispatch --dry-run`")
+    source = storage.normalize(source)
+    opts = make_options(**kw)
+    conn, _ = open_redis(redis_url, embedded_ok=False)
+    with contextlib.suppress(KeyboardInterrupt):
+        watch_loop(
+            conn,
+            queue,
+            source,
+            opts,
+            interval=interval,
+            full_every=full_every,
+            timeout=timeout,
+            echo=click.echo,
+            ticks=ticks,
+        )
+
+
 @contextlib.contextmanager
 def local_workers(url: str, queue: str, model: str, n: int, log_path: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     """N `velo worker` processes on this machine, stopped with SIGTERM (finish the file in hand) at exit."""
@@ -299,14 +341,31 @@ def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
 @click.option("--processes", type=int, default=1, show_default=True, help="Worker processes on this machine.")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 @click.option("--model", "preload", default=None, help=preload_help)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="VELO_METRICS_PORT", help=metrics_port_help)
+@click.option("--metrics-addr", default="0.0.0.0", show_default=True, help=metrics_addr_help)
+@click.option(
+    "--log-format", type=click.Choice(logs.FORMATS), default="text", envvar="VELO_LOG_FORMAT", help=log_format_help
+)
 @redis_option
 @handle_errors
-def worker(redis_url: str | None, queue: str, processes: int, burst: bool, preload: str | None) -> None:
+def worker(
+    redis_url: str | None,
+    queue: str,
+    processes: int,
+    burst: bool,
+    preload: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+    log_format: str,
+) -> None:
     """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits."""
-    from worker.runner import run_workers
+    from worker.runner import queue_depth, run_workers
 
+    logs.configure(log_format)
     conn, url = open_redis(redis_url, embedded_ok=False)
     os.environ["REDIS_URL"] = url  # pool children and the Redis watchdog's message use it
+    if metrics_port is not None:  # before the preload, so its model load counts, and before forking
+        metrics.serve(metrics_port, metrics_addr, queue, queue_depth(conn, queue))
     if preload:
         uri = storage.normalize(preload)
         models.load(uri, models.version_of(uri))
@@ -316,19 +375,38 @@ def worker(redis_url: str | None, queue: str, processes: int, burst: bool, prelo
 @cli.command()
 @click.argument("batch", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--watch", "follow", is_flag=True, help=status_watch_help)
+@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True, help=status_interval_help)
+@click.option("--count", type=click.IntRange(1), default=None, hidden=True)  # for tests: stop after N refreshes
 @redis_option
 @handle_errors
-def status(batch: str | None, redis_url: str | None, queue: str, as_json: bool) -> None:
-    """Per batch: queued, running, done, failed, rows, rows/s; each failed file with its reason."""
+def status(
+    batch: str | None,
+    redis_url: str | None,
+    queue: str,
+    as_json: bool,
+    follow: bool,
+    interval: float,
+    count: int | None,
+) -> None:
+    """Per batch: queued, running, done, failed, rows, rows/s, ETA; each failed file with its reason; the workers."""
     conn, _ = open_redis(redis_url, embedded_ok=True)
-    ids = [batch] if batch else status_mod.batch_ids(conn)
-    batches = [b for b in (status_mod.describe(conn, i) for i in ids) if b is not None]
-    if batch and not batches:
-        raise ConfigError(f"no batch {batch!r} in Redis; `velo status` lists the batches")
+
+    def snapshot() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        ids = [batch] if batch else status_mod.batch_ids(conn)
+        batches = [b for b in (status_mod.describe(conn, i) for i in ids) if b is not None]
+        if batch and not batches:
+            raise ConfigError(f"no batch {batch!r} in Redis; `velo status` lists the batches")
+        return batches, status_mod.workers(conn, queue)
+
+    if follow:
+        status_mod.watch(snapshot, console, interval=interval, count=count, as_json=as_json)
+        return
+    batches, workers = snapshot()
     if as_json:
-        click.echo(json.dumps({"batches": batches}, indent=2))
+        click.echo(json.dumps({"batches": batches, "workers": workers}, indent=2))
     else:
-        status_mod.render(batches, console)
+        status_mod.render(batches, console, workers)
 
 
 @cli.command()

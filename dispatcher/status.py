@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from redis import RedisError
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from rq import Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from worker import keys
 from worker.batch import counters
 from worker.errors import ConfigError
-from worker.runner import REDIS_GIVE_UP
+from worker.runner import REDIS_GIVE_UP, describe_connection, fail_fast, make_queue
 
 if TYPE_CHECKING:
     from redis import Redis
 
-__all__ = ["batch_ids", "describe", "is_finished", "render", "wait"]
+__all__ = ["batch_ids", "describe", "is_finished", "render", "view", "wait", "watch", "workers"]
 
 
 def batch_ids(redis: Redis, limit: int = 20) -> list[str]:
@@ -38,6 +45,10 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[st
     ended = float(c.get("updated_at", 0) or 0) if done + failed >= total else time.time()
     seconds = max(ended - started, 0.0) if started else 0.0
     rows = c.get("rows", 0)
+    finished = done + failed
+    left = max(total - finished, 0)
+    # Files left at the pace of the files finished so far; unknown until one has finished.
+    eta = 0.0 if not left else round(left * seconds / finished, 1) if finished and seconds > 0 else None
     out: dict[str, Any] = {
         "id": batch_id,
         "source": c.get("source", ""),
@@ -52,6 +63,7 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[st
         "seconds": round(seconds, 3),
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
         "finished": done + failed >= total,
+        "eta_seconds": eta,
     }
     if with_failures:
         errors = redis.hgetall(keys.batch_errors(batch_id))
@@ -64,10 +76,21 @@ def is_finished(redis: Redis, batch_id: str) -> bool:
     return c.get("done", 0) + c.get("failed", 0) >= c.get("total", 0)
 
 
-def render(batches: list[dict[str, Any]], console: Console) -> None:
-    """One table row per batch, then each failed file with its reason."""
+def workers(redis: Redis, queue: str) -> list[dict[str, Any]]:
+    """The RQ workers alive on ``queue``: name, host, pid, state, the file in hand (its job's description) or None."""
+    out = []
+    for w in Worker.all(queue=make_queue(redis, queue), serializer=JSONSerializer):
+        job_id = w.get_current_job_id()
+        raw = redis.hget(Job.key_for(job_id), "description") if job_id else None
+        file = raw.decode() if isinstance(raw, bytes) else raw
+        out.append({"name": w.name, "host": w.hostname, "pid": w.pid, "state": w.get_state(), "file": file})
+    return sorted(out, key=lambda w: w["name"])
+
+
+def view(batches: list[dict[str, Any]], workers: list[dict[str, Any]] | None = None) -> Group:
+    """One table row per batch, each failed file with its reason, then the workers (when given)."""
     table = Table(title="Velosiped batches")
-    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "s"):
+    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "s", "ETA"):
         table.add_column(col, justify="left" if col == "batch" else "right", no_wrap=col == "batch")
     for b in batches:
         table.add_row(
@@ -76,11 +99,68 @@ def render(batches: list[dict[str, Any]], console: Console) -> None:
             f"{b['rows']:,}",
             f"{b['rows_per_s']:,.0f}",
             f"{b['seconds']:.1f}",
+            "-" if b["finished"] else "?" if b["eta_seconds"] is None else _duration(b["eta_seconds"]),
         )
-    console.print(table)
+    parts: list[Any] = [table]
     for b in batches:
         for f in b.get("failures", []):
-            console.print(f"[red]failed[/red] {b['id']}: {f['error']}", highlight=False, soft_wrap=True)
+            parts.append(Text.assemble(("failed", "red"), f" {b['id']}: {f['error']}", no_wrap=True, overflow="ignore"))
+    if workers is not None:
+        if workers:
+            wt = Table(title="Workers")
+            for col in ("worker", "host", "pid", "state", "file"):
+                wt.add_column(col, no_wrap=col != "file")
+            for w in workers:
+                wt.add_row(w["name"], w["host"] or "", str(w["pid"] or ""), w["state"], w["file"] or "")
+            parts.append(wt)
+        else:
+            parts.append(Text("no workers on the queue", style="dim"))
+    return Group(*parts)
+
+
+def render(batches: list[dict[str, Any]], console: Console, workers: list[dict[str, Any]] | None = None) -> None:
+    console.print(view(batches, workers), soft_wrap=True)
+
+
+def watch(
+    snapshot: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+    console: Console,
+    interval: float = 2.0,
+    count: int | None = None,
+    as_json: bool = False,
+) -> None:
+    """Show ``snapshot()`` (batches, workers) every ``interval`` seconds until Ctrl-C, or ``count`` times.
+
+    A terminal gets one table updated in place (rich's Live); a pipe gets each refresh in
+    turn, or one JSON object per line with ``as_json``.
+    """
+
+    def frames() -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        n = 0
+        while count is None or n < count:
+            if n:
+                time.sleep(interval)
+            yield snapshot()
+            n += 1
+
+    with contextlib.suppress(KeyboardInterrupt):
+        if as_json:
+            for batches, alive in frames():
+                print(json.dumps({"batches": batches, "workers": alive}), flush=True)
+        elif console.is_terminal:
+            with Live(console=console, auto_refresh=False) as live:
+                for batches, alive in frames():
+                    live.update(view(batches, alive), refresh=True)
+        else:
+            for batches, alive in frames():
+                render(batches, console, alive)
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h07m``."""
+    h, rest = divmod(round(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def wait(
@@ -101,17 +181,21 @@ def wait(
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"batch {batch_id}", total=None, rows=0, failed=0)
+        probe = fail_fast(redis)  # polls fail at once, so the give-up clock below is the only one
         lost_since: float | None = None
         while True:
             try:
-                b = describe(redis, batch_id, with_failures=False) or {}
+                b = describe(probe, batch_id, with_failures=False) or {}
                 lost_since = None
             except RedisError as e:  # a restarting Redis: keep waiting, with backoff, for a while
                 lost_since = lost_since or time.monotonic()
                 gone = time.monotonic() - lost_since
                 if gone > REDIS_GIVE_UP:
-                    raise ConfigError(f"lost Redis for {gone:.0f} s ({e}); giving up (VELO_REDIS_GIVE_UP)") from e
-                time.sleep(min(1 + gone / 2, 10))
+                    where = describe_connection(redis)
+                    raise ConfigError(
+                        f"cannot reach Redis at {where} for {gone:.0f} s; giving up (VELO_REDIS_GIVE_UP)"
+                    ) from e
+                time.sleep(min(0.5 + gone / 4, 5))
                 continue
             progress.update(
                 task,

@@ -418,3 +418,131 @@ def start_velo(velo_env, tmp_path_factory: pytest.TempPathFactory):
 
     yield start
     groups.cleanup()
+
+
+# ------------------------------------------------------------------------- Redis servers a test owns
+
+
+class RedisServer:
+    """A redis-server this test started itself, on a loopback port it keeps across restarts.
+
+    `stop()` sends a signal and waits; `start()` brings it back on the same port with the same
+    arguments (so with `--appendonly yes` it reloads its data).
+    """
+
+    def __init__(self, binary: str, workdir: Path, args: tuple[str, ...], password: str | None) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.args = args
+        self.password = password
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def url_with_password(self, password: str) -> str:
+        return f"redis://:{password}@127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)
+
+    def _ping(self, deadline_s: float) -> bool:
+        import redis
+
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            client = self.client(socket_connect_timeout=0.5, socket_timeout=0.5)
+            try:
+                if client.ping():
+                    return True
+            except redis.exceptions.BusyLoadingError:
+                time.sleep(0.05)
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+            finally:
+                client.close()
+        return False
+
+    def start(self, deadline_s: float = 10.0) -> RedisServer:
+        """Start the server (on a free port the first time, on the same port after that)."""
+        for _attempt in range(1 if self.port else 5):
+            port = self.port or free_port()
+            log = (self.workdir / f"redis-{port}-{self.starts}.log").open("wb")
+            argv = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.workdir), *self.args]
+            if self.password:
+                argv += ["--requirepass", self.password]
+            try:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            finally:
+                log.close()
+            self.starts += 1
+            prior, self.port = self.port, port
+            if self._ping(deadline_s):
+                return self
+            _stop(self.proc)
+            self.port = prior
+        logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in self.workdir.glob("redis-*.log"))
+        raise RuntimeError(f"could not start {self.binary} {' '.join(self.args)}:\n{logs}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Send `sig` (SIGTERM: save and exit; SIGKILL: crash) and wait until the server is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Start a private redis-server for this test: redis_server(*args, password=None) -> RedisServer.
+
+    `args` are extra redis-server arguments (default: no persistence); e.g.
+    `redis_server("--appendonly", "yes")` for one that survives a restart, or
+    `redis_server(password="secret")` for one that requires AUTH. Stopped at teardown.
+    """
+    binary = _find_redis_server()
+    if binary is None:
+        message = "redis-server is not on PATH: install it (apt-get install redis-server) to run these tests"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    servers: list[RedisServer] = []
+
+    def start(*args: str, password: str | None = None) -> RedisServer:
+        workdir = tmp_path_factory.mktemp("redis-own")
+        server = RedisServer(binary, workdir, args or ("--save", "", "--appendonly", "no"), password)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def fault_proxy(s3_endpoint: str) -> Iterator:
+    """A `faultproxy.FaultProxy` on 127.0.0.1:<free port> in front of the moto S3 endpoint.
+
+    Point a `velo` process at it with `env={"AWS_ENDPOINT_URL": fault_proxy.url}`.
+    """
+    from faultproxy import FaultProxy
+
+    proxy = FaultProxy(s3_endpoint).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

@@ -251,3 +251,54 @@ def assert_clean_error(result, *mentions: str) -> str:
     for mention in mentions:
         assert mention.lower() in line.lower(), f"stderr line does not mention {mention!r}" + where
     return line
+
+
+# ------------------------------------------------------------------------------ processes and waiting
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
+    """Call `predicate()` until it returns something truthy (returned) or `timeout` seconds pass (fail)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(interval)
+
+
+def kill_group(proc, sig=None) -> None:
+    """Send `sig` (default SIGKILL) to the process group `proc` leads (started with start_new_session)."""
+    import contextlib
+    import os
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL if sig is None else sig)
+
+
+def slow_frame(n_blocks: int, block_size: int, n_features: int = 4, seed: int = 0) -> pd.DataFrame:
+    """A frame whose CSV spans at least `n_blocks` parser blocks of `block_size` bytes."""
+    rows = max(1, (n_blocks * block_size) // 40 + 1)  # make_frame rows are 40-50 bytes of CSV
+    frame = make_frame(rows, n_features=n_features, seed=seed)
+    while len(csv_bytes(frame)) < n_blocks * block_size:
+        rows = rows * 5 // 4 + 1
+        frame = make_frame(rows, n_features=n_features, seed=seed)
+    return frame
+
+
+def assert_last_velo_line(stderr: str, *mentions: str) -> str:
+    """For a long-running command whose stderr also holds log lines: no traceback, exactly one
+    `velo: ...` line, and it is the last line; each of `mentions` appears in it. Returns it."""
+    where = f"\n--- stderr ---\n{stderr}"
+    assert "Traceback" not in stderr, "traceback printed" + where
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    velo_lines = [line for line in lines if line.startswith("velo: ")]
+    assert len(velo_lines) == 1, f"expected exactly one `velo: ` line, got {len(velo_lines)}" + where
+    assert lines[-1] == velo_lines[0], "the `velo: ` line is not the last line" + where
+    for mention in mentions:
+        assert mention.lower() in velo_lines[0].lower(), f"`velo: ` line does not mention {mention!r}" + where
+    return velo_lines[0]

@@ -15,8 +15,9 @@ from worker import keys
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
 
-__all__ = ["FileState", "counters", "set_state"]
+__all__ = ["FileState", "counters", "forget", "set_state"]
 
 
 class FileState(str, Enum):
@@ -48,11 +49,40 @@ return 1
 """
 
 
-def set_state(redis: Redis, batch_id: str, file: str, state: FileState, *, rows: int = 0, error: str = "") -> bool:
-    """Move ``file`` to ``state`` in its batch; False when it was there already."""
-    script = redis.register_script(_SET_STATE)
+def set_state(
+    redis: Redis | Pipeline, batch_id: str, file: str, state: FileState, *, rows: int = 0, error: str = ""
+) -> bool:
+    """Move ``file`` to ``state`` in its batch; False when it was there already (in a pipeline: queued)."""
     keys_ = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]
-    return bool(script(keys=keys_, args=[file, state.value, rows, error, f"{time.time():.3f}"]))
+    result = _script(redis)(keys=keys_, args=[file, state.value, rows, error, f"{time.time():.3f}"], client=redis)
+    return bool(result)
+
+
+_scripts: dict[int, Any] = {}
+
+
+def _script(redis: Redis | Pipeline) -> Any:
+    """The state script, registered once per connection pool (not once per call)."""
+    pool = redis.connection_pool
+    if id(pool) not in _scripts:
+        _scripts[id(pool)] = redis.register_script(_SET_STATE)
+    return _scripts[id(pool)]
+
+
+# KEYS: files hash, counters hash. ARGV: file.
+_FORGET = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], old, -1)
+redis.call('HINCRBY', KEYS[2], 'total', -1)
+return 1
+"""
+
+
+def forget(redis: Redis, batch_id: str, file: str) -> None:
+    """Take ``file`` out of a batch it was counted in by mistake (its job belongs to another)."""
+    redis.register_script(_FORGET)(keys=[keys.batch_files(batch_id), keys.batch(batch_id)], args=[file])
 
 
 def counters(redis: Redis, batch_id: str) -> dict[str, Any]:

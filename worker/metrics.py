@@ -52,6 +52,7 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 _m: Any = None
 _dir: str | None = None
+_value_class: Any = None  # prometheus_client's own, put back by disable()
 
 
 class _Metrics:
@@ -83,7 +84,7 @@ def enable(folder: str | None = None) -> str:
 
     Call it before forking. ``folder`` defaults to a fresh temporary folder, removed at exit.
     """
-    global _m, _dir
+    global _m, _dir, _value_class
     if _m is not None and _dir is not None:
         return _dir
     if folder is None:
@@ -93,6 +94,7 @@ def enable(folder: str | None = None) -> str:
     from prometheus_client import values
 
     # A fresh file-backed value class, bound to this folder whenever prometheus_client was imported.
+    _value_class = _value_class or values.ValueClass
     values.ValueClass = values.MultiProcessValue()
     _dir, _m = folder, _Metrics()
     return folder
@@ -100,9 +102,13 @@ def enable(folder: str | None = None) -> str:
 
 def disable() -> None:
     """Turn metrics off in this process (tests)."""
-    global _m, _dir
+    global _m, _dir, _value_class
     if _dir is not None and os.environ.get(MULTIPROC_ENV) == _dir:
         del os.environ[MULTIPROC_ENV]
+    if _value_class is not None:
+        from prometheus_client import values
+
+        values.ValueClass, _value_class = _value_class, None
     _m = _dir = None
 
 
@@ -158,6 +164,7 @@ def serve(port: int, addr: str = "0.0.0.0", queue: str | None = None, depth: Cal
     except OSError as e:
         raise ConfigError(f"cannot serve metrics on {addr}:{port} ({e.strerror}); choose another --metrics-port") from e
     os.register_at_fork(after_in_child=server.socket.close)  # forked workers do not hold the port
+    log.info("metrics on http://%s:%d/metrics", addr, server.server_port, extra={"port": server.server_port})
     return server
 
 
@@ -176,6 +183,8 @@ def file_failed(reason: str) -> None:
 
 def reason_of(exc_type: type[BaseException]) -> str:
     """The ``reason`` label of a failure, from its exception class."""
+    if not isinstance(exc_type, type):
+        return "unexpected"
     for cls, reason in (
         (AbandonedJobError, "abandoned"),
         (JobTimeoutException, "timeout"),

@@ -14,7 +14,7 @@ from typing import Any
 
 import joblib
 
-from worker import storage
+from worker import metrics, storage
 from worker.errors import ConfigError, InputError
 
 __all__ = ["check_prefix", "load", "loads", "version_of"]
@@ -106,7 +106,9 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
     if not hasattr(model, "predict"):
         raise InputError(f"{uri}: model of type {type(model).__name__} has no predict method")
     loads += 1
-    log.info("%6.2fs model %s (%s) loaded", time.perf_counter() - started, uri, version[:19])
+    seconds = time.perf_counter() - started
+    metrics.model_loaded(seconds)
+    log.info("%6.2fs model %s (%s) loaded", seconds, uri, version[:19])
     while len(_cache) >= CACHE_SIZE:  # drop the oldest: a new version replaces an old one
         _cache.pop(next(iter(_cache)))
     _cache[key] = model

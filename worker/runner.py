@@ -163,7 +163,7 @@ def make_queue(redis_conn: Redis, name: str) -> Queue:
 
 def queue_depth(conn: Redis, queue: str) -> Callable[[], int]:
     """How many jobs wait in ``queue`` (one LLEN), failing fast while Redis is away."""
-    probe, key = _fail_fast(conn), make_queue(conn, queue).key
+    probe, key = fail_fast(conn), make_queue(conn, queue).key
     return lambda: int(probe.llen(key))
 
 
@@ -177,17 +177,25 @@ def give_up(gone: float, children: list[int] | None = None) -> None:
     os._exit(2)
 
 
-def _fail_fast(conn: Redis) -> Redis:
+def fail_fast(conn: Redis) -> Redis:
     """A client of the same Redis without ``conn``'s retries: a command fails at once while it is away."""
     pool = conn.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in {"retry", "retry_on_error"}}
     return Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
 
 
+def describe_connection(conn: Redis) -> str:
+    """Where ``conn`` points, without its password: ``redis://host:port/db`` or ``unix://path``."""
+    kw = conn.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
 def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float = 2.0) -> threading.Thread:
     """A thread that pings Redis and calls ``on_give_up(seconds)`` once it has been gone too long."""
 
-    probe = _fail_fast(conn)
+    probe = fail_fast(conn)
 
     def loop() -> None:
         last_ok = time.monotonic()
@@ -217,8 +225,6 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")
         return
-    pool = VeloPool(
-        [queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer
-    )
+    pool = VeloPool([queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer)
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -13,7 +14,7 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from worker import models, storage
+from worker import keys, metrics, models, storage
 from worker.batch import FileState, set_state
 from worker.errors import ConfigError, InputError, TransientError, VeloError
 from worker.jobs import Payload, error_uri, lineage, payload_params, validate
@@ -42,21 +43,35 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
     try:
         rows = _score(p)
     except TransientError as e:  # RQ retries the job; on_job_failure records it once retries run out
-        log.warning("%s (%s)", e, "will retry" if job is not None and job.retries_left else "giving up")
+        retry = "will retry" if job is not None and job.retries_left else "giving up"
+        log.warning("%s (%s)", e, retry, extra=_fields(p, job, started))
         raise
     except JobTimeoutException:
         limit = job.timeout if job is not None else "?"
-        return _fail(p, f"{p['input']}: stopped at the time limit of {limit} s; raise --timeout", redis)
+        reason = f"{p['input']}: stopped at the time limit of {limit} s; raise --timeout"
+        log.error("%s", reason, extra=_fields(p, job, started))
+        metrics.file_failed("timeout")
+        return _fail(p, reason, redis)
     except VeloError as e:
-        log.error("%s", e)
+        log.error("%s", e, extra=_fields(p, job, started))
+        metrics.file_failed(metrics.reason_of(type(e)))
         return _fail(p, str(e), redis)
     except Exception as e:  # a bug or a model's own error: fail this file alone, keep serving
-        log.error("%s: unexpected %s", p["input"], type(e).__name__, exc_info=True)
+        log.error("%s: unexpected %s", p["input"], type(e).__name__, exc_info=True, extra=_fields(p, job, started))
+        metrics.file_failed("unexpected")
         return _fail(p, f"{p['input']}: unexpected {type(e).__name__}: {e}", redis)
     seconds = time.perf_counter() - started
     if redis is not None:
         set_state(redis, p["batch"], p["input"], FileState.DONE, rows=rows)
-    log.info("%6.2fs ← %s %d rows %.0f rows/s", seconds, p["input"], rows, rows / max(seconds, 1e-9))
+    log.info(
+        "%6.2fs ← %s %d rows %.0f rows/s",
+        seconds,
+        p["input"],
+        rows,
+        rows / max(seconds, 1e-9),
+        extra=_fields(p, job, started, rows=rows, seconds=round(seconds, 3)),
+    )
+    metrics.file_done(rows, seconds)
     return {"rows": rows, "seconds": round(seconds, 3)}
 
 
@@ -78,16 +93,22 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
         reason = (
             str(exc_value) if isinstance(exc_value, VeloError) else f"{p['input']}: {exc_type.__name__}: {exc_value}"
         )
+    log.error("%s", reason, extra={"batch": p["batch"], "file": p["input"], "job_id": job.id})
+    metrics.file_failed(metrics.reason_of(exc_type))
     _fail(p, reason, connection)
 
 
+def _check_path(uri: str, allowed_env: str = ALLOWED_PREFIXES_ENV) -> None:
+    """Whatever a job says, touch only absolute paths or S3 keys, without '..', under the allowed prefixes."""
+    if ".." in uri.split("/") or not (storage.is_s3(uri) or uri.startswith("/")):
+        raise ConfigError(f"{uri}: relative or '..' paths are refused")
+    models.check_prefix(uri, allowed_env, "path" if allowed_env == ALLOWED_PREFIXES_ENV else "model")
+
+
 def _check_paths(p: Payload) -> None:
-    """Whatever a job says, read and write only under the allowed prefixes, without path tricks."""
-    for uri in (p["input"], p["output"], p["model"]):
-        if ".." in uri.split("/") or not (storage.is_s3(uri) or uri.startswith("/")):
-            raise ConfigError(f"{uri}: relative or '..' paths are refused")
-    for uri in (p["input"], p["output"]):
-        models.check_prefix(uri, ALLOWED_PREFIXES_ENV, "path")
+    _check_path(p["input"])
+    _check_path(p["output"])
+    _check_path(p["model"], models.MODEL_PREFIXES_ENV)
 
 
 def _score(p: Payload) -> int:
@@ -117,6 +138,12 @@ def _score(p: Payload) -> int:
     return rows
 
 
+def _fields(p: Payload, job: Job | None, started: float, **more: Any) -> dict[str, Any]:
+    """The fields of a per-file log line (``velo worker --log-format json`` prints them)."""
+    seconds = round(time.perf_counter() - started, 3)
+    return {"batch": p["batch"], "file": p["input"], "job_id": job.id if job else None, "seconds": seconds, **more}
+
+
 def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
     record = {
         "file": p["input"],
@@ -130,10 +157,11 @@ def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
         "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        models.check_prefix(p["output"], ALLOWED_PREFIXES_ENV, "path")
+        _check_path(p["output"])  # a refused path gets no error file either
         storage.write_json(error_uri(p["output"]), record)
     except Exception as e:  # the reason still reaches `velo status`
         log.warning("%s: cannot write error file: %s", p["input"], e)
     if redis is not None:
         set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason)
+        redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))  # for `velo retry`
     return {"error": reason}
