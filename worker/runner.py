@@ -189,7 +189,8 @@ def describe_connection(conn: Redis) -> str:
     kw = conn.connection_pool.connection_kwargs
     if "path" in kw:
         return f"unix://{kw['path']}"
-    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    scheme = "rediss" if "ssl" in conn.connection_pool.connection_class.__name__.lower() else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float = 2.0) -> threading.Thread:
