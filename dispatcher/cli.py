@@ -306,6 +306,7 @@ def local_workers(url: str, queue: str, model: str, n: int, log_path: str) -> It
     """N `velo worker` processes on this machine, stopped with SIGTERM (finish the file in hand) at exit."""
     cmd = [sys.executable, "-m", "dispatcher.cli", "worker", "--queue", queue, "--model", model]
     env = {**os.environ, "REDIS_URL": url}
+    env.pop("VELO_METRICS_PORT", None)  # N separate processes cannot share one metrics port
     with open(log_path, "ab") as log:
         procs = [subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL) for _ in range(n)]
     try:
