@@ -26,6 +26,10 @@ demo: $(BIN)/velo  ## Make a sample model and CSVs under demo/, score them with 
 	@echo; echo "Outputs written next to their inputs:"; find $(DEMO)/data -name '*.out.csv*' ! -name '*.json' | sort
 	@echo; echo "head $(DEMO)/data/a/1.out.csv:"; head -4 $(DEMO)/data/a/1.out.csv
 
+.PHONY: demo-s3
+demo-s3: $(BIN)/velo  ## The same on S3 with a fleet: local S3 endpoint, redis-server, 2 workers, dispatch --wait
+	BIN=$(BIN) scripts/demo_s3.sh $(DEMO)
+
 .PHONY: test
 test: $(BIN)/velo  ## Run the unit and end-to-end tests
 	$(BIN)/pytest -q
