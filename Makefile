@@ -34,6 +34,11 @@ demo-s3: $(BIN)/velo  ## The same on S3 with a fleet: local S3 endpoint, redis-s
 test: $(BIN)/velo  ## Run the unit and end-to-end tests
 	$(BIN)/pytest -q
 
+.PHONY: bench
+bench: $(BIN)/velo  ## Benchmarks (about 5 minutes); results in docs/BENCHMARKS.md
+	$(BIN)/python -m bench.bench --reps 3
+	$(BIN)/python -m bench.dispatch_scale --files 200000 --reps 3
+
 .PHONY: lint
 lint: $(BIN)/velo  ## ruff check and format check
 	$(BIN)/ruff check .

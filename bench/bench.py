@@ -1,6 +1,6 @@
 """Throughput of `velo run` against the bare loops a user could write instead.
 
-    python bench/bench.py [--quick] [--reps 3] [--out docs/BENCHMARKS.md]
+    python -m bench.bench [--quick] [--reps 3] [--out docs/BENCHMARKS.md]
 
 Generates a deterministic data set (8 CSV files x 200,000 rows: an integer `id` and 20 float
 features `f0..f19`; --quick: 8 x 20,000), fits a LogisticRegression on a DataFrame, then runs
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import joblib
@@ -30,6 +28,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sklearn
 from sklearn.linear_model import LogisticRegression
+
+from bench.report import machine, write_section
 
 FEATURES = [f"f{i}" for i in range(20)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,13 +143,9 @@ def main() -> None:
 def report(times: dict[str, list[float]], total_rows: int, size: int, args: argparse.Namespace) -> None:
     base = statistics.median(next(iter(times.values())))
     lines = [
-        "# Benchmarks",
+        f"{machine()} pandas {pd.__version__}, pyarrow {pa.__version__}, scikit-learn {sklearn.__version__}.",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'}: "
-        f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"pandas {pd.__version__}, pyarrow {pa.__version__}, scikit-learn {sklearn.__version__}.",
-        "",
-        f"Command: `python bench/bench.py{' --quick' if args.quick else ''} --reps {args.reps}`. "
+        f"Command: `python -m bench.bench{' --quick' if args.quick else ''} --reps {args.reps}`. "
         f"Data: 8 CSV files, {total_rows:,} rows in all ({size / 1e6:.0f} MB), `id` + 20 float features; "
         "model: LogisticRegression fitted on a DataFrame. Each contender writes every input column plus "
         "`prediction`. Contenders run interleaved; times are wall-clock, start-up included.",
@@ -162,8 +158,7 @@ def report(times: dict[str, list[float]], total_rows: int, size: int, args: argp
         lines.append(
             f"| {name} | {med:.2f} | {min(ts):.2f}-{max(ts):.2f} | {total_rows / med:,.0f} | {base / med:.2f} |"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_section("Scoring throughput", lines, Path(args.out))
     print("\n".join(lines))
 
 

@@ -265,7 +265,7 @@ def run(
 @dispatch_options
 @click.option("--interval", type=float, default=10.0, show_default=True, help=interval_help)
 @click.option("--full-every", type=click.IntRange(1), default=60, show_default=True, help=full_every_help)
-@click.option("--ticks", type=click.IntRange(1), default=None, hidden=True)  # for tests: stop after N listings
+@click.option("--count", "ticks", type=click.IntRange(1), default=None, hidden=True)  # for tests: stop after N listings
 @redis_option
 @handle_errors
 def watch(
