@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+import botocore.exceptions
 import joblib
 
 from worker import metrics, storage
@@ -74,8 +75,16 @@ def _local_copy(uri: str, version: str) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, hashlib.sha256(f"{uri}\0{version}".encode()).hexdigest() + ".joblib")
     if not os.path.exists(path):
-        with storage.open_read(uri) as src, storage.write_atomic(path) as dst:
-            while chunk := src.read(1 << 20):
+        bucket, key = storage.split_s3(uri)
+        extra = {"IfMatch": version.removeprefix("etag:")} if version.startswith("etag:") else {}
+        try:  # only the version the dispatcher saw: a model replaced since is refused, not mislabelled
+            body = storage.client().get_object(Bucket=bucket, Key=key, **extra)["Body"]
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                raise InputError(f"{uri}: model changed since dispatch; dispatch again to use the new version") from e
+            raise storage.s3_error(uri, e) from e
+        with storage.write_atomic(path) as dst:
+            for chunk in body.iter_chunks(1 << 20):
                 dst.write(chunk)
     return path
 

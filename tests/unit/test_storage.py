@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import joblib
 import pytest
 
-from worker import storage
-from worker.errors import ConfigError
+from tests.helpers import fit_model
+from worker import models, storage
+from worker.errors import ConfigError, InputError
 
 
 def test_s3_write_is_aborted_on_error_and_complete_with_metadata_on_success(mock_s3):
@@ -45,3 +47,16 @@ def test_uri_errors():
 def test_missing_bucket_is_a_config_error(mock_s3):
     with pytest.raises(ConfigError, match="bucket does not exist"):
         list(storage.list_files("s3://nope/in/", ("*.csv",)))
+
+
+def test_an_s3_model_replaced_after_dispatch_is_refused(mock_s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("VELO_MODEL_CACHE", str(tmp_path))
+    path = tmp_path / "m.joblib"
+    joblib.dump(fit_model(), path)
+    mock_s3.upload_file(str(path), "bkt", "models/m.joblib")
+    version = models.version_of("s3://bkt/models/m.joblib")  # what the dispatcher saw
+    joblib.dump(fit_model("multiclass"), path)
+    mock_s3.upload_file(str(path), "bkt", "models/m.joblib")  # replaced before any worker loaded it
+    with pytest.raises(InputError, match="model changed since dispatch"):
+        models.load("s3://bkt/models/m.joblib", version)
+    assert models.load("s3://bkt/models/m.joblib", models.version_of("s3://bkt/models/m.joblib")) is not None
