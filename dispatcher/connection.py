@@ -11,10 +11,11 @@ from typing import Any
 
 import psutil
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.errors import ConfigError, redact
+from worker.runner import redis_client
 
 __all__ = ["STATE_DIR_ENV", "connect", "embedded", "redact", "state_dir"]
 
@@ -38,15 +39,7 @@ def connect(url: str) -> redis.Redis:
     try:
         # Checked once without retries, so a wrong URL fails at once...
         redis.Redis.from_url(url, socket_connect_timeout=5, retry=Retry(NoBackoff(), retries=0)).ping()
-        # ...then every command rides out a short outage (a Redis restart) before an error
-        # surfaces: 12 tries, backing off from 0.25 s to 5 s, about 40 s in all.
-        conn = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.25, cap=5), retries=12),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
-        )
+        conn = redis_client(url)  # ...then every command rides out a short outage
     except ValueError as e:
         raise ConfigError(f"bad Redis URL {redact(url)!r} ({e}); use redis://host:6379/0") from e
     except redis.AuthenticationError as e:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import sys
@@ -30,6 +32,8 @@ from typing import Any
 
 import redis
 from redis import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
@@ -39,7 +43,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from worker import metrics
+from worker import logs, metrics
 from worker.errors import InputError, redact
 from worker.jobs import FAILURE_CALLBACK, TASK, validate
 
@@ -214,6 +218,41 @@ def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float =
     thread = threading.Thread(target=loop, name="redis-watchdog", daemon=True)
     thread.start()
     return thread
+
+
+def fork_workers(url: str, queue: str, n: int, log_path: str) -> list[multiprocessing.process.BaseProcess]:
+    """Fork ``n`` single-process workers of ``queue`` from this process, logging to ``log_path``.
+
+    Children share what this process has loaded (imports, a preloaded model) copy-on-write.
+    """
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path), daemon=False) for _ in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def _forked_worker(url: str, queue: str, log_path: str) -> None:
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # RQ installs its own handlers in work()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logs.configure("text")
+    os.environ["REDIS_URL"] = url
+    run_workers(redis_client(url), queue, processes=1)
+
+
+def redis_client(url: str) -> Redis:
+    """A client on which every command rides out a short outage (a Redis restart) before an
+    error surfaces: 12 tries, backing off from 0.25 s to 5 s, about 40 s in all."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.25, cap=5), retries=12),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+    )
 
 
 def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False) -> None:
