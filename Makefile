@@ -38,6 +38,7 @@ test: $(BIN)/velo  ## Run the unit and end-to-end tests
 bench: $(BIN)/velo  ## Benchmarks (about 5 minutes); results in docs/BENCHMARKS.md
 	$(BIN)/python -m bench.bench --reps 3
 	$(BIN)/python -m bench.dispatch_scale --files 200000 --reps 3
+	$(BIN)/python -m bench.overhead --files 1000 --reps 3
 
 .PHONY: lint
 lint: $(BIN)/velo  ## ruff check and format check
