@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 import sklearn
 from sklearn.linear_model import LogisticRegression
 
-from bench.report import machine, write_section
+from bench.common import machine, write_section
 
 FEATURES = [f"f{i}" for i in range(20)]
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,16 +10,12 @@ redis-server; reports ms per file, Redis bytes per queued file (INFO memory), an
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 
 import redis
 
-from bench.report import machine, write_section
+from bench.common import machine, private_redis, write_section
 from dispatcher.enqueue import enqueue_batch, payload_for
 from dispatcher.plan import Options, Planned
 from dispatcher.status import describe
@@ -28,37 +24,13 @@ from worker.runner import make_queue
 from worker.storage import ObjectInfo
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=200_000)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    if not shutil.which("redis-server"):
-        raise SystemExit("dispatch_scale: needs redis-server")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as d:
-        server = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", d],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            r = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    r.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            run(r, args)
-        finally:
-            server.terminate()
-            server.wait()
+    with private_redis() as url:
+        run(redis.Redis.from_url(url), args)
 
 
 def run(r: redis.Redis, args: argparse.Namespace) -> None:

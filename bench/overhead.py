@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,15 +27,9 @@ import redis
 from rq import Queue
 from sklearn.linear_model import LogisticRegression
 
-from bench.report import machine, write_section
+from bench.common import machine, private_redis, write_section
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -51,9 +43,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    if not shutil.which("redis-server"):
-        raise SystemExit("overhead: needs redis-server")
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, private_redis() as url:
         root = Path(d)
         features = [f"f{i}" for i in range(20)]
         rng = np.random.default_rng(0)
@@ -63,46 +53,35 @@ def main() -> None:
         data.mkdir()
         for i in range(args.files):
             train.iloc[:10].to_csv(data / f"{i:05}.csv", index=False)
-        port = free_port()
-        server = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", d],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(0.5)
-            url = f"redis://127.0.0.1:{port}/0"
-            env = {**os.environ, "REDIS_URL": url}
-            velo, rq_jobs, loads = [], [], []
-            for rep in range(args.reps):
-                r = redis.Redis.from_url(url)
-                r.flushall()
-                for p in data.glob("*.out.*"):
-                    p.unlink()
-                empty, _ = timed([str(BIN / "velo"), "worker", "--burst"], env)
-                subprocess.run(
-                    [str(BIN / "velo"), "dispatch", str(data), "--model", str(root / "m.joblib")],
-                    env=env,
-                    capture_output=True,
-                    check=True,
-                )
-                full, log = timed([str(BIN / "velo"), "worker", "--burst"], env)
-                velo.append((full - empty) / args.files * 1e3)
-                loads.append(log.count(" loaded"))
-                r.flushall()
-                q = Queue("bench", connection=r)
-                rq_empty, _ = timed([str(BIN / "rq"), "worker", "--burst", "--url", url, "bench"], env)
-                for _ in range(args.files):
-                    q.enqueue("time.sleep", 0)
-                rq_full, _ = timed([str(BIN / "rq"), "worker", "--burst", "--url", url, "bench"], env)
-                rq_jobs.append((rq_full - rq_empty) / args.files * 1e3)
-                print(
-                    f"rep {rep + 1}: velo {velo[-1]:.2f} ms/job ({loads[-1]} model loads), "
-                    f"rq Worker {rq_jobs[-1]:.2f} ms/no-op job",
-                    flush=True,
-                )
-        finally:
-            server.terminate()
-            server.wait()
+        env = {**os.environ, "REDIS_URL": url}
+        velo, rq_jobs, loads = [], [], []
+        for rep in range(args.reps):
+            r = redis.Redis.from_url(url)
+            r.flushall()
+            for p in data.glob("*.out.*"):
+                p.unlink()
+            empty, _ = timed([str(BIN / "velo"), "worker", "--burst"], env)
+            subprocess.run(
+                [str(BIN / "velo"), "dispatch", str(data), "--model", str(root / "m.joblib")],
+                env=env,
+                capture_output=True,
+                check=True,
+            )
+            full, log = timed([str(BIN / "velo"), "worker", "--burst"], env)
+            velo.append((full - empty) / args.files * 1e3)
+            loads.append(log.count(" loaded"))
+            r.flushall()
+            q = Queue("bench", connection=r)
+            rq_empty, _ = timed([str(BIN / "rq"), "worker", "--burst", "--url", url, "bench"], env)
+            for _ in range(args.files):
+                q.enqueue("time.sleep", 0)
+            rq_full, _ = timed([str(BIN / "rq"), "worker", "--burst", "--url", url, "bench"], env)
+            rq_jobs.append((rq_full - rq_empty) / args.files * 1e3)
+            print(
+                f"rep {rep + 1}: velo {velo[-1]:.2f} ms/job ({loads[-1]} model loads), "
+                f"rq Worker {rq_jobs[-1]:.2f} ms/no-op job",
+                flush=True,
+            )
     med = statistics.median
     lines = [
         machine(),
