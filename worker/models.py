@@ -14,6 +14,7 @@ from typing import Any
 
 import botocore.exceptions
 import joblib
+from threadpoolctl import threadpool_limits
 
 from worker import metrics, storage
 from worker.errors import ConfigError, InputError
@@ -34,6 +35,18 @@ CACHE_SIZE = 2
 _cache: dict[tuple[str, str], Any] = {}
 loads = 0
 """How many times this process unpickled a model (the cache is meant to keep it at one per version)."""
+
+
+THREADS_ENV = "VELO_THREADS"
+"""Threads each worker process lets a model's BLAS/OpenMP use (set by `--processes`: cores / processes)."""
+
+
+def limit_threads() -> None:
+    """Cap the model libraries' thread pools at ``VELO_THREADS``, so N worker processes on N cores
+    do not run N x N threads (HistGradientBoosting's OpenMP would by default)."""
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        threadpool_limits(int(threads))
 
 
 def check_prefix(uri: str, env: str, what: str) -> None:
@@ -115,6 +128,7 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
     if not hasattr(model, "predict"):
         raise InputError(f"{uri}: model of type {type(model).__name__} has no predict method")
     loads += 1
+    limit_threads()
     seconds = time.perf_counter() - started
     metrics.model_loaded(seconds)
     log.info("%6.2fs model %s (%s) loaded", seconds, uri, version[:19])

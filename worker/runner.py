@@ -43,7 +43,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from worker import logs, metrics
+from worker import logs, metrics, models
 from worker.errors import InputError, redact
 from worker.jobs import FAILURE_CALLBACK, TASK, validate
 
@@ -226,13 +226,19 @@ def fork_workers(url: str, queue: str, n: int, log_path: str) -> list[multiproce
     Children share what this process has loaded (imports, a preloaded model) copy-on-write.
     """
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path), daemon=False) for _ in range(n)]
+    procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path, n), daemon=False) for _ in range(n)]
     for p in procs:
         p.start()
     return procs
 
 
-def _forked_worker(url: str, queue: str, log_path: str) -> None:
+def share_cores(processes: int) -> None:
+    """Give each of ``processes`` workers its share of the cores for the model's own threads."""
+    os.environ.setdefault(models.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
+    models.limit_threads()  # libraries already loaded (a preloaded model); later ones at model load
+
+
+def _forked_worker(url: str, queue: str, log_path: str, processes: int) -> None:
     with open(log_path, "ab") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -240,6 +246,7 @@ def _forked_worker(url: str, queue: str, log_path: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logs.configure("text")
     os.environ["REDIS_URL"] = url
+    share_cores(processes)
     run_workers(redis_client(url), queue, processes=1)
 
 
@@ -261,6 +268,7 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
     Several processes come from RQ's ``WorkerPool``, which forks N workers (sharing the
     model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
     """
+    share_cores(processes)
     if processes <= 1:
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")
