@@ -33,6 +33,7 @@ import pyarrow.csv as pacsv
 import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from bench.common import machine, private_redis, write_section
 
@@ -106,7 +107,8 @@ def loop(fn: Callable[[tuple[Path, Path]], None], processes: int) -> Contender:
     never predicts, so the OpenMP runtime of HistGradientBoosting is never started before a fork)."""
 
     def run(paths: list[Path], model_path: Path) -> None:
-        with ProcessPoolExecutor(processes) as pool:
+        threads = max(1, (os.cpu_count() or 1) // processes)  # as a careful user would: no N x N threads
+        with ProcessPoolExecutor(processes, initializer=threadpool_limits, initargs=(threads,)) as pool:
             list(pool.map(fn, [(p, model_path) for p in paths]))
 
     return run
