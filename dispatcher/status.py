@@ -26,7 +26,7 @@ from worker.runner import REDIS_GIVE_UP, describe_connection, fail_fast, make_qu
 if TYPE_CHECKING:
     from redis import Redis
 
-__all__ = ["batch_ids", "describe", "is_finished", "render", "view", "wait", "watch", "workers"]
+__all__ = ["batch_ids", "describe", "render", "view", "wait", "watch", "workers"]
 
 
 def batch_ids(redis: Redis, limit: int = 20) -> list[str]:
@@ -69,11 +69,6 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[st
         errors = redis.hgetall(keys.batch_errors(batch_id))
         out["failures"] = [{"file": f.decode(), "error": e.decode()} for f, e in sorted(errors.items())]
     return out
-
-
-def is_finished(redis: Redis, batch_id: str) -> bool:
-    c = counters(redis, batch_id)
-    return c.get("done", 0) + c.get("failed", 0) >= c.get("total", 0)
 
 
 def workers(redis: Redis, queue: str) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ RQ carries it with its ``JSONSerializer`` and the task's import path, never a pi
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, TypedDict
 
 from worker.errors import InputError
@@ -123,7 +122,3 @@ def lineage(payload: Payload) -> dict[str, str]:
 def error_uri(output: str) -> str:
     """Where a failed file's reason is written: next to where its output would be."""
     return output + ".error.json"
-
-
-def dumps(payload: Payload) -> str:
-    return json.dumps(payload, sort_keys=True)
