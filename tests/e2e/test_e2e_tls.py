@@ -19,6 +19,12 @@ def _openssl(*args: str, cwd) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def _make_ca(folder, name: str) -> None:
+    """A throwaway self-signed CA in ``folder``: ca.key and ca.crt."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "1", "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
+
+
 @pytest.fixture
 def tls_redis(tmp_path):
     """A private redis-server that speaks only TLS, with a throwaway CA; yields (url, ca path)."""
@@ -26,22 +32,7 @@ def tls_redis(tmp_path):
         pytest.skip("openssl is needed to make test certificates")
     d = tmp_path / "tls"
     d.mkdir()
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=velo-test-ca",
-        cwd=d,
-    )
+    _make_ca(d, "velo-test-ca")
     _openssl(
         "req",
         "-newkey",
@@ -139,21 +130,6 @@ def test_a_server_certificate_the_ca_does_not_sign_is_one_clear_line(tls_redis, 
     url, _ = tls_redis
     other = tmp_path / "other"
     other.mkdir()
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "k",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=someone-else",
-        cwd=other,
-    )
+    _make_ca(other, "someone-else")
     bad = url.split("?")[0] + f"?ssl_ca_certs={other / 'ca.crt'}"
     assert_clean_error(velo("status", "--redis", bad), "cannot reach Redis")
