@@ -169,10 +169,11 @@ def _to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str) -> np.n
 class _CsvOut:
     """Writes CSV blocks: unquoted when nothing needs quotes (the common case), else quoting strings."""
 
-    def __init__(self, dst: IO[bytes], columns: list[str], sep: str) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, delimiter=sep, lineterminator="\n").writerow(columns)
-        dst.write(buf.getvalue().encode())
+    def __init__(self, dst: IO[bytes], columns: list[str], sep: str, header: bool = True) -> None:
+        if header:  # a shard's part after the first is appended to the first: header once
+            buf = io.StringIO()
+            csv.writer(buf, delimiter=sep, lineterminator="\n").writerow(columns)
+            dst.write(buf.getvalue().encode())
         self.dst = dst
         self.plain = pacsv.WriteOptions(include_header=False, quoting_style="none", delimiter=sep)
         self.quoted = pacsv.WriteOptions(include_header=False, quoting_style="needed", delimiter=sep)
@@ -262,6 +263,7 @@ def score_stream(
     dialect: Dialect = Dialect(),
     parquet: bool = False,
     block_size: int = BLOCK_SIZE,
+    write_header: bool = True,
 ) -> int:
     """Score the CSV (or Parquet) file in ``src`` into ``dst``; returns the number of rows.
 
@@ -277,7 +279,7 @@ def score_stream(
         kept = _kept(header, keep, name)
         classes = _classes(model, proba, name)
         names = [*kept, "prediction", *(f"proba_{c}" for c in classes)]
-        out: _CsvOut | _ParquetOut = _ParquetOut(dst) if parquet else _CsvOut(dst, names, dialect.sep)
+        out: _CsvOut | _ParquetOut = _ParquetOut(dst) if parquet else _CsvOut(dst, names, dialect.sep, write_header)
         rows = 0
         for batch in blocks:
             if batch.num_rows == 0:
