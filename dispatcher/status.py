@@ -162,7 +162,7 @@ def wait(
     redis: Redis,
     batch_id: str,
     console: Console,
-    poll: float = 0.25,
+    poll: float = 0.1,
     alive: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Show a progress bar of files and rows until the batch is finished (or ``alive()`` turns

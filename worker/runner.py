@@ -19,6 +19,7 @@ output is the same object either way).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -225,6 +226,7 @@ def fork_workers(url: str, queue: str, n: int, log_path: str) -> list[multiproce
 
     Children share what this process has loaded (imports, a preloaded model) copy-on-write.
     """
+    gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path, n), daemon=False) for _ in range(n)]
     for p in procs:
@@ -273,6 +275,7 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")
         return
+    gc.freeze()  # before forking: the collector then never writes to the pages workers share
     pool = VeloPool([queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer)
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")
