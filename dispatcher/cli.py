@@ -24,7 +24,7 @@ from dispatcher import status as status_mod
 from dispatcher.connection import connect, embedded, state_dir
 from dispatcher.enqueue import JOB_TIMEOUT, enqueue_batch, mark_already_queued, retry_failed
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
-from worker import logs, metrics, models, storage
+from worker import logs, metrics, models, shards, storage
 from worker.errors import ConfigError, VeloError
 
 __all__ = ["main"]
@@ -32,6 +32,8 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FILES_FAILED = 1
 EXIT_USAGE = 2
+
+SHARD_SIZE_ENV = "VELO_SHARD_SIZE"
 
 HELP_EPILOG = """\b
 Examples:
@@ -56,6 +58,11 @@ preload_help = "Load this model at start (before forking --processes), so the fi
 interval_help = "Seconds between listings of SOURCE."
 full_every_help = "List SOURCE whole every N listings (S3 otherwise lists only keys after the last one seen)."
 timeout_help = "Seconds one file may take before its job is stopped."
+shard_size_help = (
+    "Split plain CSVs above this size into shards of about this size, scored by many workers and "
+    "assembled into one output (bytes, or 512MB, 1GB; 0: never; default: env VELO_SHARD_SIZE or 1GB). "
+    "A quoted field holding a line break cannot be split: use 0 for such files."
+)
 metrics_port_help = "Serve Prometheus metrics on this port (default: env VELO_METRICS_PORT; unset: off)."
 metrics_addr_help = "Address the metrics server listens on."
 log_format_help = "Log lines as readable text, or one JSON object per line (default: env VELO_LOG_FORMAT or text)."
@@ -93,6 +100,7 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--dry-run", is_flag=True, help=dry_run_help),
             click.option("--model-sha256", default=None, help="Pin the model's SHA-256 digest."),
             click.option("--timeout", default=JOB_TIMEOUT, show_default=True, type=int, help=timeout_help),
+            click.option("--shard-size", envvar=SHARD_SIZE_ENV, default="1GB", help=shard_size_help),
         ]
     ):
         f = opt(f)
@@ -136,6 +144,7 @@ def make_options(
     features: str | None,
     sep: str,
     encoding: str,
+    shard_size: str = "0",
 ) -> Options:
     model = storage.normalize(model)
     version = models.version_of(model)
@@ -156,6 +165,7 @@ def make_options(
         encoding=_encoding(encoding),
         force=force,
         model_sha256=model_sha256,
+        shard_size=shards.parse_size(shard_size),
     )
 
 
@@ -184,13 +194,17 @@ def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options
         if conn is not None:
             planned = mark_already_queued(conn, opts, planned)
         for p in planned:
-            click.echo(f"{p.reason}\t{p.info.uri}\t{p.output}")
+            split = f"\t{len(p.shards)} shards" if p.shards else ""
+            click.echo(f"{p.reason}\t{p.info.uri}\t{p.output}{split}")
         n = sum(p.enqueue for p in planned)
         click.echo(f"dry run: {n} would be enqueued, {len(planned) - n} skipped")
         return None
     if conn is None:
         raise ConfigError("no Redis given; set --redis or REDIS_URL")
     batch = enqueue_batch(conn, queue, source, opts, planned, timeout)
+    for p in batch.planned:
+        if p.shards and p.enqueue:
+            click.echo(f"{p.info.uri}: {len(p.shards)} shards")
     click.echo(f"batch {batch.id}: {batch.enqueued} enqueued, {batch.skipped} skipped")
     return batch
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from worker import storage
+from worker import shards, storage
+from worker.errors import InputError
 from worker.jobs import error_uri, params_key
 
 __all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan"]
@@ -38,6 +39,8 @@ class Options:
     encoding: str = "utf-8"
     force: bool = False
     model_sha256: str | None = None
+    shard_size: int = 0
+    """Plain CSVs above this many bytes are split into shards scored apart (0: never)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Planned:
     info: storage.ObjectInfo
     output: str
     reason: str
+    shards: tuple[tuple[int, int], ...] = ()
+    """Byte ranges scored as separate jobs; empty: the file is one job."""
 
     @property
     def enqueue(self) -> bool:
@@ -99,8 +104,19 @@ def plan(
             continue
         if out_prefix and info.uri.startswith(out_prefix):
             continue
+        if shards.PARTS_SUFFIX + "/" in info.uri:  # a big file's shard outputs waiting to be assembled
+            continue
         output = output_for(source, info.uri, opts.suffix, opts.output)
-        yield Planned(info, output, _reason(info, output, existing, opts))
+        item = Planned(info, output, _reason(info, output, existing, opts))
+        yield replace(item, shards=_shards(info, opts)) if item.enqueue else item
+
+
+def _shards(info: storage.ObjectInfo, opts: Options) -> tuple[tuple[int, int], ...]:
+    """The file's byte ranges when it is big enough to split; a file changed meanwhile is planned whole."""
+    try:
+        return tuple(shards.bounds(info, opts.shard_size, opts.encoding))
+    except InputError:
+        return ()
 
 
 def _reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Options) -> str:

@@ -196,9 +196,9 @@ def parse_dry_run(stdout: str) -> tuple[dict[str, tuple[str, str]], int, int]:
     plan: dict[str, tuple[str, str]] = {}
     for line in lines[:-1]:
         parts = line.split("\t")
-        if len(parts) != 3 or parts[0] not in DRY_RUN_REASONS:
+        if len(parts) not in (3, 4) or parts[0] not in DRY_RUN_REASONS:
             continue  # not a plan line (e.g. a heading): ignored
-        reason, source, output = parts
+        reason, source, output = parts[:3]  # a 4th column says how many shards a big file gets
         assert source not in plan, f"{source} planned twice"
         plan[source] = (reason, output)
     return plan, int(summary["enqueued"]), int(summary["skipped"])

@@ -6,6 +6,7 @@ RQ carries it with its ``JSONSerializer`` and the task's import path, never a pi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 from worker.errors import InputError
@@ -14,6 +15,7 @@ __all__ = [
     "FAILURE_CALLBACK",
     "TASK",
     "Payload",
+    "Shard",
     "error_uri",
     "job_id",
     "lineage",
@@ -29,7 +31,16 @@ FAILURE_CALLBACK = "worker.task.on_job_failure"
 """RQ failure callback: records a file whose job failed for good (e.g. its workers kept dying)."""
 
 
-class Payload(TypedDict):
+class Shard(TypedDict):
+    """One byte range of a big CSV: its rows are ``[start, end)``, scored after the file's header line."""
+
+    index: int
+    count: int
+    start: int
+    end: int
+
+
+class _Required(TypedDict):
     input: str
     input_version: str
     output: str
@@ -42,6 +53,11 @@ class Payload(TypedDict):
     sep: str
     encoding: str
     batch: str
+
+
+class Payload(_Required, total=False):
+    shard: Shard | None
+    """Absent or None: the whole file (jobs from before sharding still validate)."""
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -59,12 +75,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "batch": (str,),
 }
 
+_SHARD_FIELDS = ("index", "count", "start", "end")
+
 
 def validate(obj: Any) -> Payload:
     """``obj`` as a Payload, or InputError naming what is wrong with it."""
     if not isinstance(obj, dict):
         raise InputError(f"job payload is {type(obj).__name__}, not an object")
-    unknown = sorted(set(obj) - set(_TYPES))
+    unknown = sorted(set(obj) - set(_TYPES) - set(_OPTIONAL))
     missing = sorted(set(_TYPES) - set(obj))
     if unknown or missing:
         raise InputError(f"job payload: unknown fields {unknown}, missing fields {missing}")
@@ -76,7 +94,23 @@ def validate(obj: Any) -> Payload:
             raise InputError(f"job payload: {field} must be a list of column names")
     if len(obj["sep"]) != 1:
         raise InputError("job payload: sep must be one character")
+    for field, check in _OPTIONAL.items():
+        if obj.get(field) is not None:
+            check(obj[field])
     return obj  # type: ignore[return-value]
+
+
+def _check_shard(shard: Any) -> None:
+    if not isinstance(shard, dict) or sorted(shard) != sorted(_SHARD_FIELDS):
+        raise InputError(f"job payload: shard must be null or an object with exactly {', '.join(_SHARD_FIELDS)}")
+    if not all(type(shard[f]) is int for f in _SHARD_FIELDS):  # bool is an int subclass: refuse it too
+        raise InputError("job payload: shard index, count, start and end must be integers")
+    if not (0 <= shard["index"] < shard["count"] and 0 <= shard["start"] < shard["end"]):
+        raise InputError("job payload: shard needs 0 <= index < count and 0 <= start < end")
+
+
+_OPTIONAL: dict[str, Callable[[Any], None]] = {"shard": _check_shard}
+"""Fields a payload may leave out (or set to null), each with its own check."""
 
 
 def params_key(
@@ -105,6 +139,9 @@ def job_id(payload: Payload) -> str:
     """Deterministic id: the same file version, model version, output and options give the same job."""
     parts = [payload["input"], payload["input_version"], payload["model_version"], payload["output"]]
     parts.append(payload_params(payload))
+    shard = payload.get("shard")
+    if shard:  # each shard its own job; a whole-file job keeps the id it had before sharding existed
+        parts.append("shard={index}/{count}:{start}-{end}".format(**shard))
     return "velo-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 

@@ -34,3 +34,9 @@ def watch_cursor(source: str, queue: str) -> str:
     """String: the last S3 key a `velo watch` of ``source`` has listed, so a restart resumes there."""
     digest = hashlib.sha256(f"{queue}\0{source}".encode()).hexdigest()[:16]
     return f"{PREFIX}watch:{digest}:cursor"
+
+
+def shards(group: str) -> str:
+    """Hash of a sharded file's progress: ``rows:<index>`` -> rows of each shard scored, ``started``,
+    and once settled ``assembled`` (total rows) or ``failed`` (the reason). ``group`` names the file's plan."""
+    return f"{PREFIX}shards:{group}"

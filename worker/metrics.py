@@ -175,6 +175,15 @@ def file_done(rows: int, seconds: float) -> None:
         _m.seconds.observe(seconds)
 
 
+def shard_done(rows: int, file_seconds: float | None) -> None:
+    """A shard of a big file: its rows now; the file counts once, when assembled (seconds since its first shard)."""
+    if _m is not None:
+        _m.rows.inc(rows)
+        if file_seconds is not None:
+            _m.files.labels("done").inc()
+            _m.seconds.observe(file_seconds)
+
+
 def file_failed(reason: str) -> None:
     if _m is not None:
         _m.files.labels("failed").inc()

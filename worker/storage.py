@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import io
 import json
 import os
 import tempfile
@@ -29,14 +30,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ObjectInfo",
+    "compose",
     "delete",
+    "delete_prefix",
     "head",
     "is_s3",
     "join",
     "list_files",
+    "list_sizes",
     "normalize",
+    "open_range",
     "open_read",
     "read_json",
+    "read_line",
     "read_lineage",
     "relative",
     "s3_error",
@@ -50,6 +56,15 @@ LINEAGE_SUFFIX = ".velo.json"
 
 S3_PART_SIZE = 16 * 1024 * 1024
 """Bytes buffered in memory per S3 output before a multipart part is sent (S3's minimum is 5 MiB)."""
+
+S3_MIN_PART = 5 * 1024 * 1024
+"""S3's smallest part of a multipart upload (all but the last)."""
+
+S3_MAX_PART = 5 * 1024 * 1024 * 1024
+"""S3's largest part, and largest UploadPartCopy source range."""
+
+WINDOW = 64 * 1024
+"""Bytes read at a time when looking for a line end."""
 
 _TRANSIENT_CODES = {
     "500",
@@ -302,3 +317,162 @@ def delete(uri: str) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(uri)
+
+
+# ----------------------------------------------------------------- byte ranges, pinned to a version
+
+
+def _changed(uri: str) -> InputError:
+    return InputError(f"{uri}: changed since it was dispatched; dispatch it again")
+
+
+def _if_match(uri: str, version: str) -> str:
+    if not version.startswith("etag:"):
+        raise InputError(f"{uri}: version {version!r} is not an S3 ETag")
+    return '"' + version.removeprefix("etag:") + '"'
+
+
+def _get_range(uri: str, version: str, start: int, end: int) -> Any:
+    """S3 body of bytes [start, end) if the object is still ``version`` (else the file fails); None past its end."""
+    bucket, key = split_s3(uri)
+    try:
+        return client().get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", IfMatch=_if_match(uri, version)
+        )["Body"]
+    except botocore.exceptions.ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code == "InvalidRange":
+            return None
+        if code in {"PreconditionFailed", "412"}:
+            raise _changed(uri) from e
+        raise s3_error(uri, e) from e
+    except botocore.exceptions.BotoCoreError as e:
+        raise s3_error(uri, e) from e
+
+
+def _open_local(uri: str, version: str) -> IO[bytes]:
+    try:
+        f = open(uri, "rb")  # noqa: SIM115 - returned to the caller
+    except OSError as e:
+        raise InputError(f"{uri}: cannot open ({e.strerror or e})") from e
+    st = os.fstat(f.fileno())
+    if f"mtime:{st.st_mtime_ns}:size:{st.st_size}" != version:
+        f.close()
+        raise _changed(uri)
+    return f
+
+
+class _Bounded(io.RawIOBase):
+    """At most ``left`` bytes of ``src``, then end of file."""
+
+    def __init__(self, src: Any, left: int) -> None:
+        self._src = src
+        self._left = left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._src.read(min(len(buffer), self._left)) if self._left > 0 else b""
+        self._left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._src.close()
+        super().close()
+
+
+def open_range(uri: str, version: str, start: int, end: int) -> IO[bytes]:
+    """A streaming reader of bytes [start, end) of an uncompressed file, refused if it is no longer ``version``."""
+    if is_s3(uri):
+        body = _get_range(uri, version, start, end)
+        src: Any = body if body is not None else io.BytesIO()
+    else:
+        src = _open_local(uri, version)
+        src.seek(start)
+    return io.BufferedReader(_Bounded(src, end - start), buffer_size=WINDOW)
+
+
+def read_line(uri: str, version: str, offset: int, limit: int) -> bytes:
+    """The bytes from ``offset`` through the next ``\\n`` (included): a few small ranged reads.
+
+    Ends without ``\\n`` at the end of the file, or after ``limit`` bytes without a line end.
+    """
+    out = bytearray()
+    while len(out) < limit:
+        with open_range(uri, version, offset + len(out), offset + len(out) + WINDOW) as f:
+            chunk = f.read()
+        if not chunk:
+            break
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return bytes(out + chunk[: newline + 1])
+        out += chunk
+    return bytes(out)
+
+
+# ------------------------------------------------------------------ parts of an output, and assembly
+
+
+def list_sizes(prefix: str) -> dict[str, int]:
+    """URI -> size of every file under ``prefix`` (an S3 prefix or a local folder)."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        found: dict[str, int] = {}
+        with _s3_errors(prefix):
+            for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                found.update((f"s3://{bucket}/{o['Key']}", o["Size"]) for o in page.get("Contents", []))
+        return found
+    if not os.path.isdir(prefix):
+        return {}
+    return {e.path: e.stat().st_size for e in os.scandir(prefix) if e.is_file()}
+
+
+def delete_prefix(prefix: str) -> None:
+    """Remove every file under ``prefix`` (and, locally, the folder itself and its parent if left empty)."""
+    if is_s3(prefix):
+        bucket, _ = split_s3(prefix)
+        keys = [split_s3(uri)[1] for uri in list_sizes(prefix)]
+        with _s3_errors(prefix):
+            for i in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
+                batch = [{"Key": k} for k in keys[i : i + 1000]]
+                client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        return
+    for path in list_sizes(prefix):
+        delete(path)
+    for folder in (prefix, os.path.dirname(prefix.rstrip("/"))):
+        with contextlib.suppress(OSError):  # not empty: another file's parts are still there
+            os.rmdir(folder)
+
+
+def compose(uri: str, parts: list[tuple[str, int]], metadata: dict[str, str]) -> None:
+    """Write S3 object ``uri`` as the concatenation of ``parts`` (URI, size), server-side, whole or not at all.
+
+    A multipart upload whose parts are UploadPartCopy's of the given objects: no byte goes
+    through this machine. S3 wants every part but the last to be at least ``S3_MIN_PART``: the
+    caller checks. A part above ``S3_MAX_PART`` is copied in ranges.
+    """
+    bucket, key = split_s3(uri)
+    with _s3_errors(uri):
+        upload = client().create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)["UploadId"]
+    try:
+        done: list[dict[str, Any]] = []
+        for part, size in parts:
+            source = dict(zip(("Bucket", "Key"), split_s3(part), strict=True))
+            pieces = -(-size // S3_MAX_PART)
+            for i in range(pieces):
+                lo, hi = size * i // pieces, size * (i + 1) // pieces
+                ranged = {"CopySourceRange": f"bytes={lo}-{hi - 1}"} if pieces > 1 else {}
+                number = len(done) + 1
+                with _s3_errors(part):
+                    result = client().upload_part_copy(
+                        Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, CopySource=source, **ranged
+                    )
+                done.append({"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]})
+        with _s3_errors(uri):
+            client().complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+        raise

@@ -9,12 +9,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import botocore.exceptions
+from redis import exceptions as redis_errors
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from worker import keys, metrics, models, storage
+from worker import keys, metrics, models, shards, storage
 from worker.batch import FileState, set_state
 from worker.errors import ConfigError, InputError, TransientError, VeloError
 from worker.jobs import Payload, error_uri, lineage, payload_params, validate
@@ -37,11 +38,14 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     redis = job.connection if job else None
     p = validate(payload)
+    if p.get("shard") and redis is not None and shards.settle(redis, p):
+        log.info("%s: its file is settled already; nothing to do", shards.name_of(p))
+        return {"rows": 0, "settled": True}
     if redis is not None:
         set_state(redis, p["batch"], p["input"], FileState.RUNNING)
     started = time.perf_counter()
     try:
-        rows = _score(p)
+        rows, total = _score(p, redis)
     except TransientError as e:  # RQ retries the job; on_job_failure records it once retries run out
         retry = "will retry" if job is not None and job.retries_left else "giving up"
         log.warning("%s (%s)", e, retry, extra=_fields(p, job, started))
@@ -61,6 +65,8 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
         metrics.file_failed("unexpected")
         return _fail(p, f"{p['input']}: unexpected {type(e).__name__}: {e}", redis)
     seconds = time.perf_counter() - started
+    if p.get("shard"):
+        return _shard_scored(p, job, redis, rows, total, started)
     if redis is not None:
         set_state(redis, p["batch"], p["input"], FileState.DONE, rows=rows)
     log.info(
@@ -111,31 +117,53 @@ def _check_paths(p: Payload) -> None:
     _check_path(p["model"], models.MODEL_PREFIXES_ENV)
 
 
-def _score(p: Payload) -> int:
+def _score(p: Payload, redis: Any) -> tuple[int, int | None]:
+    """Score the file or shard the payload names: (rows scored now, the file's rows once it is complete)."""
     _check_paths(p)
     model = models.load(p["model"], p["model_version"], p["model_sha256"])
-    meta = lineage(p)
     try:
-        with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], meta) as dst:
-            rows = score_stream(
-                src,
-                dst,
-                model,
-                name=p["input"],
-                keep=p["keep"],
-                proba=p["proba"],
-                features=p["features"],
-                dialect=Dialect(p["sep"], p["encoding"]),
-                parquet=is_parquet(p["input"]),
-            )
+        if p.get("shard"):
+            return shards.score(p, model, redis)
+        rows = _score_whole(p, model)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:  # mid-stream
         raise storage.s3_error(p["input"], e) from e
     except (ConnectionError, TimeoutError) as e:  # a reset or stalled connection may pass
         raise TransientError(f"{p['input']}: connection trouble ({e})") from e
+    except redis_errors.RedisError as e:  # a shard's progress could not be recorded: run it again
+        raise TransientError(f"{p['input']}: Redis trouble ({e})") from e
     if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
-        storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**meta, "velo-rows": str(rows)})
+        storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(rows)})
     storage.delete(error_uri(p["output"]))  # a stale failure from an earlier run no longer holds
-    return rows
+    return rows, rows
+
+
+def _score_whole(p: Payload, model: Any) -> int:
+    with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], lineage(p)) as dst:
+        return score_stream(
+            src,
+            dst,
+            model,
+            name=p["input"],
+            keep=p["keep"],
+            proba=p["proba"],
+            features=p["features"],
+            dialect=Dialect(p["sep"], p["encoding"]),
+            parquet=is_parquet(p["input"]),
+        )
+
+
+def _shard_scored(p: Payload, job: Job | None, redis: Any, rows: int, total: int | None, started: float) -> dict:
+    """Log and count one shard; the file itself counts once, when this shard's job assembled it."""
+    seconds = time.perf_counter() - started
+    name = shards.name_of(p)
+    fields = _fields(p, job, started, rows=rows, seconds=round(seconds, 3), shard=p["shard"]["index"])
+    log.info("%6.2fs ← %s %d rows %.0f rows/s", seconds, name, rows, rows / max(seconds, 1e-9), extra=fields)
+    file_seconds = shards.file_seconds(redis, p) if total is not None else None
+    if total is not None:
+        count = p["shard"]["count"]
+        log.info("assembled %s from %d shards: %d rows", p["output"], count, total, extra={**fields, "rows": total})
+    metrics.shard_done(rows, file_seconds)
+    return {"rows": rows, "seconds": round(seconds, 3), "file_rows": total}
 
 
 def _fields(p: Payload, job: Job | None, started: float, **more: Any) -> dict[str, Any]:
@@ -145,6 +173,9 @@ def _fields(p: Payload, job: Job | None, started: float, **more: Any) -> dict[st
 
 
 def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
+    if p.get("shard") and not shards.fail(redis, p, reason):
+        log.warning("%s; its file was assembled already and stands", reason)
+        return {"error": reason}
     record = {
         "file": p["input"],
         "output": p["output"],

@@ -1,0 +1,354 @@
+"""One big file over the whole fleet: byte-range shards scored apart, assembled into one output.
+
+The dispatcher cuts an uncompressed CSV larger than ``--shard-size`` after line ends
+(:func:`bounds`) and enqueues one job per shard. A shard job scores the file's header line plus
+its byte range into a part, written whole under ``<output>.velo-parts/<group>/`` (never taken
+as an input); only the first part carries the CSV header. Each shard's row count goes into one
+Redis hash per file, and the job whose shard completes the set assembles the parts into the
+output: on S3 server-side (a multipart upload of UploadPartCopy's, when every part but the last
+is at least 5 MiB), otherwise by streaming the parts through a normal whole-or-absent write.
+
+Every step may run twice (RQ delivers at least once) and stays correct: a re-run shard rewrites
+the same part; two assemblers racing write the same object; a shard that finds its file already
+assembled or failed only tidies up. A quoted field holding a line break cannot be cut safely:
+such a file fails with a parse error naming the shard, and ``--shard-size 0`` scores it whole
+(Spark has the same limit without ``multiLine``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import logging
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+
+from worker import keys, storage
+from worker.batch import FileState, set_state
+from worker.errors import ConfigError, InputError, TransientError, VeloError
+from worker.jobs import Payload, error_uri, job_id, lineage
+from worker.scoring import MAX_HEADER, Dialect, score_stream
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from worker.storage import ObjectInfo
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "MIN_SHARD_SIZE",
+    "bounds",
+    "expand",
+    "fail",
+    "file_seconds",
+    "group",
+    "name_of",
+    "parse_size",
+    "reset",
+    "score",
+    "settle",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 1 << 30
+"""Files above this many bytes are split (env VELO_SHARD_SIZE, or --shard-size)."""
+
+MIN_SHARD_SIZE = 1 << 20
+"""Smallest --shard-size accepted: smaller shards cost more in jobs than they gain."""
+
+MAX_SHARDS = 10_000
+"""S3's most parts in one multipart upload; a file gets no more shards than this."""
+
+STATE_TTL = 7 * 24 * 3600
+"""Seconds a file's shard progress stays in Redis after its last change."""
+
+PARTS_SUFFIX = ".velo-parts"
+"""``<output>.velo-parts/<group>/<index>.part``: where shard outputs wait to be assembled."""
+
+SPLIT_HINT = "; if a quoted field holds a line break the file cannot be split: dispatch it with --shard-size 0"
+
+_PLAIN = (".csv", ".tsv", ".txt")
+"""Names of uncompressed text files: byte offsets in them are offsets in the CSV."""
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``1073741824``, ``1GB``, ``512MB``, ``64MiB``, ``1.5g`` -> bytes (units are powers of 1024); 0 is off."""
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number) :].removesuffix("b").removesuffix("i")
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except (ValueError, KeyError):
+        raise ConfigError(f"--shard-size {text!r}: not a size; use bytes or e.g. 512MB, 1GB (0 turns it off)") from None
+    if size < 0 or 0 < size < MIN_SHARD_SIZE:
+        raise ConfigError(f"--shard-size {text!r}: use 0 (off) or at least {MIN_SHARD_SIZE >> 20}MB")
+    return size
+
+
+# ------------------------------------------------------------------------------------ the dispatcher
+
+
+def shardable(uri: str, encoding: str) -> bool:
+    """Uncompressed text in an encoding where a line end is the byte ``\\n`` (not UTF-16/32)."""
+    if not uri.lower().endswith(_PLAIN):
+        return False
+    try:
+        return "\n,".encode(encoding) == b"\n,"
+    except (LookupError, UnicodeError):
+        return False
+
+
+def bounds(info: ObjectInfo, shard_size: int, encoding: str = "utf-8") -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of ``info``'s rows, about ``shard_size`` each, cut after line ends.
+
+    ``[]`` means score the file whole: sharding off, a small, compressed or header-only file, or
+    one whose lines are so long that no cut fits. The first range starts after the header line.
+    Costs a few 64 KiB ranged reads per cut, pinned to the listed version.
+    """
+    if shard_size <= 0 or info.size <= shard_size or not shardable(info.uri, encoding):
+        return []
+    header = storage.read_line(info.uri, info.version, 0, MAX_HEADER)
+    if not header.endswith(b"\n") or len(header) >= info.size:
+        return []
+    n = min(-(-info.size // shard_size), MAX_SHARDS)
+    cuts = {len(header), info.size}
+    for k in range(1, n):
+        at = k * info.size // n - 1  # from the byte before: a cut that falls on a line start stays there
+        line = storage.read_line(info.uri, info.version, at, MAX_HEADER)
+        if line.endswith(b"\n"):
+            cuts.add(at + len(line))
+    edges = sorted(c for c in cuts if c >= len(header))
+    shards = list(itertools.pairwise(edges))
+    return shards if len(shards) > 1 else []
+
+
+def expand(payload: Payload, shards: list[tuple[int, int]]) -> list[Payload]:
+    """One payload per shard (the payload itself when ``shards`` is empty: the whole file)."""
+    if not shards:
+        return [payload]
+    n = len(shards)
+    return [{**payload, "shard": {"index": i, "count": n, "start": s, "end": e}} for i, (s, e) in enumerate(shards)]
+
+
+def reset(redis: Any, payload: Payload) -> None:
+    """Forget an earlier attempt's progress on this file's shards (before enqueueing them again)."""
+    redis.delete(keys.shards(group(payload)))
+
+
+# ---------------------------------------------------------------------------------------- the worker
+
+
+def group(p: Payload) -> str:
+    """The same for every shard of one plan of one file version, model, output and options."""
+    whole: Any = {k: v for k, v in p.items() if k != "shard"}
+    count = p["shard"]["count"] if p.get("shard") else 1
+    return hashlib.sha256(f"{job_id(whole)}\0{count}".encode()).hexdigest()[:24]
+
+
+def _parts(p: Payload) -> str:
+    return f"{p['output']}{PARTS_SUFFIX}/{group(p)}/"
+
+
+def _part(p: Payload, index: int) -> str:
+    return f"{_parts(p)}{index:05d}.part"
+
+
+def name_of(p: Payload) -> str:
+    """How errors name a shard: the file, which shard, which bytes."""
+    s = p["shard"]
+    return f"{p['input']} (shard {s['index'] + 1} of {s['count']}, bytes {s['start']}-{s['end']})"
+
+
+class _Chain(io.RawIOBase):
+    """``head`` then ``rest``: the header line followed by the shard's bytes, as one CSV stream."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _score_part(p: Payload, model: Any) -> int:
+    s, name = p["shard"], name_of(p)
+    header = storage.read_line(p["input"], p["input_version"], 0, MAX_HEADER)
+    if not header.endswith(b"\n"):
+        raise InputError(f"{name}: no header line within {MAX_HEADER >> 20} MiB{SPLIT_HINT}")
+    with (
+        storage.open_range(p["input"], p["input_version"], s["start"], s["end"]) as body,
+        storage.write_atomic(_part(p, s["index"])) as dst,
+    ):
+        try:
+            return score_stream(
+                io.BufferedReader(_Chain(header, body)),
+                dst,
+                model,
+                name=name,
+                keep=p["keep"],
+                proba=p["proba"],
+                features=p["features"],
+                dialect=Dialect(p["sep"], p["encoding"]),
+                write_header=s["index"] == 0,
+            )
+        except InputError as e:
+            if "CSV parse error" in str(e):  # most often a quoted line break cut in two
+                raise InputError(f"{e}{SPLIT_HINT}") from e
+            raise
+
+
+# KEYS: the file's shard hash. ARGV: shard index, its rows, shard count, ttl.
+_RECORD = """
+if redis.call('HEXISTS', KEYS[1], 'failed') == 1 then return 'failed' end
+if redis.call('HEXISTS', KEYS[1], 'assembled') == 1 then return 'assembled' end
+redis.call('HSET', KEYS[1], 'rows:' .. ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+for i = 0, tonumber(ARGV[3]) - 1 do
+  if redis.call('HEXISTS', KEYS[1], 'rows:' .. i) == 0 then return 'wait' end
+end
+return 'assemble'
+"""
+
+# KEYS: the file's shard hash. ARGV: 'assembled' or 'failed', its value, ttl. The first outcome wins.
+_OUTCOME = """
+local other = ARGV[1] == 'failed' and 'assembled' or 'failed'
+if redis.call('HEXISTS', KEYS[1], other) == 1 then return 0 end
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def _record(redis: Redis, p: Payload, rows: int) -> str:
+    """Add this shard's rows; 'assemble' when it completed the set, else 'wait', 'failed' or 'assembled'."""
+    s = p["shard"]
+    args = [s["index"], rows, s["count"], STATE_TTL]
+    verdict = redis.register_script(_RECORD)(keys=[keys.shards(group(p))], args=args)
+    return verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+
+
+def _outcome(redis: Redis, p: Payload, outcome: str, value: str | int) -> bool:
+    script = redis.register_script(_OUTCOME)
+    return bool(script(keys=[keys.shards(group(p))], args=[outcome, value, STATE_TTL]))
+
+
+def score(p: Payload, model: Any, redis: Redis | None) -> tuple[int, int | None]:
+    """Score one shard into its part; the job that completes the set assembles the file.
+
+    Returns the shard's rows, and the file's when this job assembled it (else None).
+    """
+    if redis is None:
+        raise ConfigError(f"{name_of(p)}: a shard job runs only under a worker (it needs Redis)")
+    state = keys.shards(group(p))
+    with redis.pipeline() as pipe:  # when the file's first shard started: the file's wall time
+        pipe.hsetnx(state, "started", f"{time.time():.3f}").expire(state, STATE_TTL).execute()
+    rows = _score_part(p, model)
+    verdict = _record(redis, p, rows)
+    if verdict == "assemble":
+        return rows, _assemble(redis, p)
+    if verdict != "wait":  # failed or assembled meanwhile: this part is not wanted
+        settle(redis, p)
+    return rows, None
+
+
+def file_seconds(redis: Redis, p: Payload) -> float:
+    """Seconds since the file's first shard began (its wall time across the fleet)."""
+    started = redis.hget(keys.shards(group(p)), "started")
+    return max(time.time() - float(started), 0.0) if started else 0.0
+
+
+def _copyable(sizes: list[int]) -> bool:
+    """S3 can assemble these server-side: every part but the last at least 5 MiB."""
+    filled = [s for s in sizes if s > 0]
+    return all(s >= storage.S3_MIN_PART for s in filled[:-1])
+
+
+def _write(output: str, parts: list[tuple[str, int]], meta: dict[str, str]) -> None:
+    if storage.is_s3(output) and _copyable([size for _, size in parts]):
+        storage.compose(output, [(uri, size) for uri, size in parts if size > 0], meta)
+        return
+    # Locally, or parts too small for S3 (e.g. --keep left few columns): stream them, whole or absent.
+    with storage.write_atomic(output, meta) as dst:
+        for uri, _ in parts:
+            with storage.open_read(uri) as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _assemble(redis: Redis, p: Payload) -> int | None:
+    """Write the output from the parts, in order; the file's rows, or None if another job settled it."""
+    count = p["shard"]["count"]
+    try:
+        sizes = storage.list_sizes(_parts(p))
+        parts = [(_part(p, i), sizes.get(_part(p, i), -1)) for i in range(count)]
+        missing = [i for i, (_, size) in enumerate(parts) if size < 0]
+        if missing:
+            raise InputError(f"{p['input']}: part {missing[0] + 1} of {count} is missing")
+        _write(p["output"], parts, lineage(p))
+    except (VeloError, OSError) as e:
+        if settle(redis, p):  # a racing assembler finished first and removed the parts, or the file failed
+            return None
+        raise TransientError(f"{p['input']}: cannot assemble its {count} shards ({e})") from e
+    rows = redis.hmget(keys.shards(group(p)), [f"rows:{i}" for i in range(count)])
+    total = sum(int(r or 0) for r in rows)
+    if not _outcome(redis, p, "assembled", total):  # a shard failed meanwhile: that failure stands
+        with contextlib.suppress(VeloError):
+            storage.delete(p["output"])
+        return None
+    _finish(redis, p, total)
+    return total
+
+
+def _finish(redis: Redis, p: Payload, total: int) -> None:
+    """After assembly (maybe by another job): lineage, no stale error, done in the batch, no parts."""
+    if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
+        storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(total)})
+    storage.delete(error_uri(p["output"]))
+    set_state(redis, p["batch"], p["input"], FileState.DONE, rows=total)
+    _clean(p)
+
+
+def _clean(p: Payload) -> None:
+    try:
+        storage.delete_prefix(_parts(p))
+    except (VeloError, OSError) as e:  # leftovers under .velo-parts/ are harmless: never inputs
+        log.warning("%s: cannot remove its parts: %s", p["input"], e)
+
+
+def settle(redis: Redis, p: Payload) -> bool:
+    """If this shard's file was assembled or failed already, tidy up after it and return True."""
+    failed, assembled = redis.hmget(keys.shards(group(p)), ["failed", "assembled"])
+    if assembled is not None:
+        _finish(redis, p, int(assembled))
+        return True
+    if failed is not None:
+        set_state(redis, p["batch"], p["input"], FileState.FAILED, error=failed.decode())
+        _clean(p)
+        return True
+    return False
+
+
+def fail(redis: Redis | None, p: Payload, reason: str) -> bool:
+    """Fail the file of this shard (its other shards stop at their end) and remove its parts.
+
+    False when the file was assembled already: a late re-run's failure does not undo it.
+    """
+    if redis is not None and not _outcome(redis, p, "failed", reason):
+        return False
+    _clean(p)
+    return True
