@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import json
 import os
 import socket
 import statistics
@@ -29,6 +31,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -45,7 +48,8 @@ MODELS: dict[str, Callable[[], object]] = {
     "hgb": lambda: HistGradientBoostingClassifier(max_iter=100, random_state=0),
     "rf": lambda: RandomForestClassifier(n_estimators=100, max_depth=12, n_jobs=1, random_state=0),
 }
-Contender = Callable[[list[Path], Path], None]
+Contender = Callable[[list[Path], Path], "float | None"]
+"""Runs over all files; returns the seconds from the first file started to the last one done, if known."""
 
 
 def make_data(folder: Path, files: int, rows: int, models: list[str]) -> tuple[list[Path], dict[str, Path]]:
@@ -80,42 +84,65 @@ def clean(paths: list[Path]) -> None:
             p.unlink()
 
 
-def pandas_file(args: tuple[Path, Path]) -> None:
+_models: dict[Path, object] = {}
+
+
+def cached_model(path: Path):
+    """The model, loaded once per pool process (as a careful user would), not once per file."""
+    if path not in _models:
+        _models[path] = joblib.load(path)
+    return _models[path]
+
+
+def pandas_file(args: tuple[Path, Path]) -> tuple[float, float]:
     path, model_path = args
-    model = joblib.load(model_path)
+    started = time.time()
+    model = cached_model(model_path)
     df = pd.read_csv(path)
     df["prediction"] = model.predict(df[model.feature_names_in_])
     df.to_csv(path.with_name(path.name.replace(".csv", ".out.csv")), index=False)
+    return started, time.time()
 
 
-def pyarrow_file(args: tuple[Path, Path]) -> None:
-    """The best bare loop: pyarrow reads in blocks, predict, pyarrow writes."""
+def pyarrow_file(args: tuple[Path, Path]) -> tuple[float, float]:
+    """The best bare loop: pyarrow reads blocks of text (parsing floats costs twice as much as
+    splitting cells), only the features become float64, pyarrow writes the cells back as read."""
     path, model_path = args
-    model = joblib.load(model_path)
+    started = time.time()
+    model = cached_model(model_path)
     out = path.with_name(path.name.replace(".csv", ".out.csv"))
-    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=8 << 20))
-    schema = reader.schema.append(pa.field("prediction", pa.int64()))
-    with pacsv.CSVWriter(out, schema) as writer:
+    with open(path, "rb") as f:
+        header = next(csv.reader([f.readline().decode()]))
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=8 << 20),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}),
+    )
+    names = [*header, "prediction"]
+    with open(out, "wb") as dst:
+        dst.write((",".join(names) + "\n").encode())
         for batch in reader:
-            x = pd.DataFrame({f: batch.column(f).to_numpy() for f in model.feature_names_in_})
-            columns = [*batch.columns, pa.array(model.predict(x))]
-            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+            x = pd.DataFrame({f: pc.cast(batch.column(f), pa.float64()).to_numpy() for f in model.feature_names_in_})
+            table = pa.Table.from_arrays([*batch.columns, pa.array(model.predict(x))], names=names)
+            pacsv.write_csv(table, dst, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    return started, time.time()
 
 
-def loop(fn: Callable[[tuple[Path, Path]], None], processes: int) -> Contender:
+def loop(fn: Callable[[tuple[Path, Path]], tuple[float, float]], processes: int) -> Contender:
     """The bare loop over all files in a pool of ``processes`` (1 too: the benchmark process itself
     never predicts, so the OpenMP runtime of HistGradientBoosting is never started before a fork)."""
 
-    def run(paths: list[Path], model_path: Path) -> None:
+    def run(paths: list[Path], model_path: Path) -> float:
         threads = max(1, (os.cpu_count() or 1) // processes)  # as a careful user would: no N x N threads
         with ProcessPoolExecutor(processes, initializer=threadpool_limits, initargs=(threads,)) as pool:
-            list(pool.map(fn, [(p, model_path) for p in paths]))
+            spans = list(pool.map(fn, [(p, model_path) for p in paths]))
+        return max(end for _, end in spans) - min(start for start, _ in spans)
 
     return run
 
 
 def velo_run(workers: int) -> Contender:
-    def run(paths: list[Path], model_path: Path) -> None:
+    def run(paths: list[Path], model_path: Path) -> float:
         with tempfile.TemporaryDirectory() as state:
             env = {**os.environ, "VELO_STATE_DIR": state}
             env.pop("REDIS_URL", None)
@@ -129,6 +156,28 @@ def velo_run(workers: int) -> Contender:
                 str(workers),
             ]
             subprocess.run(cmd, env=env, check=True, capture_output=True)
+            return batch_seconds(env)
+
+    return run
+
+
+def batch_seconds(env: dict[str, str]) -> float:
+    """Seconds from the newest batch's first file started to its last file done (`velo status`)."""
+    out = subprocess.run([str(BIN / "velo"), "status", "--json"], env=env, check=True, capture_output=True).stdout
+    return float(json.loads(out)["batches"][0]["seconds"])
+
+
+def velo_fleet_local(redis_url: str, processes: int) -> Contender:
+    """`velo dispatch` to a real Redis, `velo worker --processes N --burst` on the local folder."""
+
+    def run(paths: list[Path], model_path: Path) -> float:
+        env = {**os.environ, "REDIS_URL": redis_url}
+        velo = str(BIN / "velo")
+        subprocess.run([velo, "dispatch", str(paths[0].parent), "--model", str(model_path)], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        cmd = [velo, "worker", "--burst", "--processes", str(processes), "--model", str(model_path)]
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        return batch_seconds(env)
 
     return run
 
@@ -136,7 +185,7 @@ def velo_run(workers: int) -> Contender:
 def velo_fleet_on_s3(redis_url: str, s3_env: dict[str, str], processes: int) -> Contender:
     """`velo dispatch` to a real Redis, `velo worker --processes N --burst` reading and writing S3."""
 
-    def run(paths: list[Path], model_path: Path) -> None:
+    def run(paths: list[Path], model_path: Path) -> float:
         import boto3
 
         env = {**os.environ, **s3_env, "REDIS_URL": redis_url}
@@ -150,17 +199,20 @@ def velo_fleet_on_s3(redis_url: str, s3_env: dict[str, str], processes: int) -> 
         )  # fmt: skip
         cmd = [str(BIN / "velo"), "worker", "--burst", "--processes", str(processes), "--model", str(model_path)]
         subprocess.run(cmd, env=env, check=True, capture_output=True)
+        return batch_seconds(env)
 
     return run
 
 
-def spark_local(paths: list[Path], model_path: Path) -> None:
+def spark_local(paths: list[Path], model_path: Path) -> float | None:
     """PySpark local[2]: read.csv → mapInPandas(predict) → write.csv, a fresh JVM each time."""
     out = paths[0].parent.parent / "spark-out"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "bench.spark_job", str(paths[0].parent), str(model_path), str(out)],
-        check=True, capture_output=True, cwd=ROOT,
+        check=True, capture_output=True, cwd=ROOT, text=True,
     )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("job seconds: ")]
+    return float(lines[-1].split(": ")[1]) if lines else None
 
 
 @contextlib.contextmanager
@@ -211,11 +263,21 @@ def _creds(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+PANDAS = "pandas loop, 1 process (baseline)"
+ARROW = "pyarrow loop, 1 process"
+LIMIT = "pyarrow loop, 2-process pool (the limit)"
+RUN = "velo run --workers 2 (embedded Redis, local folder)"
+LOCAL = "velo dispatch + worker --processes {} (Redis, local folder)"
+S3 = "velo dispatch + worker --processes {} (Redis, S3 endpoint)"
+SPARK = "PySpark local[2]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 files x 20,000 rows")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    ap.add_argument("--fleet-models", default="logreg", help="models also run by `velo worker` 1 and 2 processes")
     ap.add_argument("--no-s3", action="store_true", help="skip the velo worker contenders on Redis + S3")
     ap.add_argument("--no-spark", action="store_true", help="skip PySpark even where it is installed")
     ap.add_argument("--data", default=str(ROOT / "bench" / "data"))
@@ -227,26 +289,27 @@ def main() -> None:
     size = sum(p.stat().st_size for p in paths)
     spark = not args.no_spark and _has_pyspark()
     with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(private_redis())
         fleet = None if args.no_s3 else stack.enter_context(s3_fleet(paths))
         sections = []
         for name in models:
             contenders: dict[str, Contender] = {
-                "pandas loop, 1 process (baseline)": loop(pandas_file, 1),
-                "pyarrow loop, 1 process": loop(pyarrow_file, 1),
-                "pyarrow loop, 2-process pool (the limit)": loop(pyarrow_file, 2),
-                "velo run --workers 2 (embedded Redis, local folder)": velo_run(2),
+                PANDAS: loop(pandas_file, 1),
+                ARROW: loop(pyarrow_file, 1),
+                LIMIT: loop(pyarrow_file, 2),
+                RUN: velo_run(2),
             }
-            if fleet is not None:
+            if name in args.fleet_models.split(","):
                 for n in (1, 2):
-                    contenders[f"velo dispatch + worker --processes {n} (Redis, S3 endpoint)"] = velo_fleet_on_s3(
-                        *fleet, n
-                    )
+                    contenders[LOCAL.format(n)] = velo_fleet_local(redis_url, n)
+                for n in (1, 2) if fleet is not None else ():
+                    contenders[S3.format(n)] = velo_fleet_on_s3(*fleet, n)
             if spark:
-                contenders["PySpark local[2]"] = spark_local
-            times = measure(contenders, paths, model_paths[name], args.reps, name)
-            sections.append((name, times))
+                contenders[SPARK] = spark_local
+            sections.append((name, *measure(contenders, paths, model_paths[name], args.reps, name)))
+        stages = breakdown(paths[0], model_paths[models[0]], args.reps)
     clean(paths)
-    report(sections, 8 * rows, size, args)
+    report(sections, stages, 8 * rows, size, args)
 
 
 def _has_pyspark() -> bool:
@@ -257,42 +320,133 @@ def _has_pyspark() -> bool:
     return True
 
 
-def measure(contenders: dict[str, Contender], paths: list[Path], model: Path, reps: int, label: str):
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+Times = dict[str, list[float]]
+
+
+def measure(
+    contenders: dict[str, Contender], paths: list[Path], model: Path, reps: int, label: str
+) -> tuple[Times, Times]:
+    """Wall-clock seconds of each contender, and the seconds after start-up where it reports them."""
+    times: Times = {name: [] for name in contenders}
+    scoring: Times = {name: [] for name in contenders}
     for rep in range(reps):
         for name, run in contenders.items():  # interleaved: noise hits every contender alike
             clean(paths)
             started = time.perf_counter()
-            run(paths, model)
+            inner = run(paths, model)
             times[name].append(time.perf_counter() - started)
-            print(f"{label} rep {rep + 1}/{reps} {name}: {times[name][-1]:.2f}s", flush=True)
-    return times
+            if inner is not None:
+                scoring[name].append(inner)
+            after = f" ({inner:.2f}s after start-up)" if inner is not None else ""
+            print(f"{label} rep {rep + 1}/{reps} {name}: {times[name][-1]:.2f}s{after}", flush=True)
+    return times, scoring
 
 
-def report(sections: list[tuple[str, dict[str, list[float]]]], total_rows: int, size: int, args) -> None:
+def breakdown(path: Path, model_path: Path, reps: int) -> dict[str, float]:
+    """Seconds per stage of Velosiped's scoring path on one file, in one process: median of ``reps``."""
+    with ProcessPoolExecutor(1, initializer=threadpool_limits, initargs=(1,)) as pool:
+        runs = [pool.submit(_stages, path, model_path).result() for _ in range(reps)]
+    return {stage: statistics.median(r[stage] for r in runs) for stage in runs[0]}
+
+
+def _stages(path: Path, model_path: Path) -> dict[str, float]:
+    from worker.scoring import Dialect, FeatureSpec, _csv_blocks
+
+    model = cached_model(model_path)
+    clock = time.perf_counter
+    t = dict.fromkeys(["parse (text cells)", "features to float64", "predict", "write CSV"], 0.0)
+    with open(path, "rb") as src, open(os.devnull, "wb") as dst:
+        started = clock()
+        header, blocks, _ = _csv_blocks(src, str(path), Dialect(), 8 << 20)
+        spec = FeatureSpec(model, header, str(path))
+        t["parse (text cells)"] += clock() - started
+        while True:
+            started = clock()
+            batch = next(blocks, None)
+            t["parse (text cells)"] += clock() - started
+            if batch is None:
+                break
+            started = clock()
+            x = spec.matrix(batch, str(path))
+            t["features to float64"] += clock() - started
+            started = clock()
+            prediction = model.predict(x)
+            t["predict"] += clock() - started
+            started = clock()
+            table = pa.Table.from_arrays([*batch.columns, pa.array(prediction)], names=[*header, "prediction"])
+            pacsv.write_csv(table, dst, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            t["write CSV"] += clock() - started
+    return t
+
+
+def _ratio(times: Times, a: str, b: str) -> str:
+    """How many times faster ``a`` is than ``b`` (medians), or - when either was not run."""
+    if not times.get(a) or not times.get(b):
+        return "-"
+    return f"{statistics.median(times[b]) / statistics.median(times[a]):.2f}"
+
+
+def report(
+    sections: list[tuple[str, Times, Times]], stages: dict[str, float], total_rows: int, size: int, args
+) -> None:
+    command = f"python -m bench.bench{' --quick' if args.quick else ''} --reps {args.reps}"
     lines = [
         f"{machine()} pandas {pd.__version__}, pyarrow {pa.__version__}, scikit-learn {sklearn.__version__}.",
         "",
-        f"Command: `python -m bench.bench{' --quick' if args.quick else ''} --reps {args.reps}`. "
+        f"Command: `{command}` (part of `make bench`). "
         f"Data: 8 CSV files, {total_rows:,} rows in all ({size / 1e6:.0f} MB), `id` + 20 float features. "
-        "Each contender writes every input column plus `prediction`. Contenders run interleaved; times are "
-        "wall-clock, start-up included (Spark: a fresh JVM each run). Redis and S3 for the fleet contenders "
-        "are a private redis-server and moto's S3 server on loopback (an in-process Python S3: slower than "
-        "a real store, so those rows include its cost).",
+        "Each contender writes every input column plus `prediction`; contenders run interleaved. "
+        "**End to end** is wall-clock from the command's start to its exit: interpreter, imports, model load, "
+        "Redis and (Spark) a fresh JVM included. **After start-up** is from the first file started to the last "
+        "one done (Velosiped: the batch's own clock in `velo status`; bare loops: the pool's first and last "
+        "file; Spark: its job, after the session is up). Redis for the fleet rows is a private redis-server; "
+        "S3 is moto's S3 server on loopback, one Python process sharing the 2 cores (slower than a real "
+        "store). Bare loops load the model once per process and cap BLAS/OpenMP threads at cores / processes, "
+        "as Velosiped's workers do.",
     ]
-    for name, times in sections:
-        base = statistics.median(next(iter(times.values())))
+    targets = [
+        "",
+        "### Targets",
+        "",
+        "| model | velo run ÷ limit, end to end | velo run ÷ limit, after start-up | velo run ÷ pandas "
+        "| velo run ÷ PySpark, end to end | worker 2 ÷ 1 processes, local | worker 2 ÷ 1 processes, S3 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, times, scoring in sections:
+        base = statistics.median(times[PANDAS])
         lines += [
             "",
             f"### {name}",
             "",
-            "| contender | median s | min-max s | rows/s | × baseline |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| contender | end to end s (min-max) | rows/s | × baseline | after start-up s | rows/s after start-up |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for contender, ts in times.items():
             med = statistics.median(ts)
-            spread = f"{min(ts):.2f}-{max(ts):.2f}"
-            lines.append(f"| {contender} | {med:.2f} | {spread} | {total_rows / med:,.0f} | {base / med:.2f} |")
+            inner = statistics.median(scoring[contender]) if scoring[contender] else None
+            after = f"{inner:.2f} | {total_rows / inner:,.0f}" if inner else "- | -"
+            lines.append(
+                f"| {contender} | {med:.2f} ({min(ts):.2f}-{max(ts):.2f}) | {total_rows / med:,.0f} "
+                f"| {base / med:.2f} | {after} |"
+            )
+        targets.append(
+            f"| {name} | {_ratio(times, RUN, LIMIT)} | {_ratio(scoring, RUN, LIMIT)} | {_ratio(times, RUN, PANDAS)} "
+            f"| {_ratio(times, RUN, SPARK)} | {_ratio(scoring, LOCAL.format(2), LOCAL.format(1))} "
+            f"| {_ratio(scoring, S3.format(2), S3.format(1))} |"
+        )
+    total = sum(stages.values()) or 1.0
+    lines += [
+        *targets,
+        "",
+        "Targets: velo run ≥ 0.90 × the limit and ≥ 4 × pandas; ≥ 3 × PySpark; 2 worker processes ≥ 1.8 × one "
+        "(scaling is measured after start-up, on the batch's clock).",
+        "",
+        f"### Where the time goes (one file, {total_rows // 8:,} rows, {sections[0][0]}, one process)",
+        "",
+        "| stage | seconds | share |",
+        "| --- | ---: | ---: |",
+        *(f"| {stage} | {sec:.3f} | {sec / total:.0%} |" for stage, sec in stages.items()),
+    ]
     write_section("Scoring throughput", lines, Path(args.out))
     print("\n".join(lines))
 
