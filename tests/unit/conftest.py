@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from worker import storage
+from worker import models, storage
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -23,3 +23,12 @@ def mock_s3(monkeypatch):
         client.create_bucket(Bucket="bkt")
         yield client
     storage.client.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_cached_models():
+    """Each test loads its models afresh: a model cached by an earlier test (same URI and
+    version) would hide what this one checks (a download, a digest, a refusal)."""
+    models._cache.clear()
+    yield
+    models._cache.clear()
