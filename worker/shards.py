@@ -281,8 +281,10 @@ def _copyable(sizes: list[int]) -> bool:
 
 def _write(output: str, parts: list[tuple[str, int]], meta: dict[str, str]) -> None:
     if storage.is_s3(output) and _copyable([size for _, size in parts]):
+        log.info("assembling %s from %d parts, copied server-side", output, len(parts))
         storage.compose(output, [(uri, size) for uri, size in parts if size > 0], meta)
         return
+    log.info("assembling %s from %d parts, streamed", output, len(parts))
     # Locally, or parts too small for S3 (e.g. --keep left few columns): stream them, whole or absent.
     with storage.write_atomic(output, meta) as dst:
         for uri, _ in parts:
