@@ -37,6 +37,7 @@ def watch_cursor(source: str, queue: str) -> str:
 
 
 def shards(group: str) -> str:
-    """Hash of a sharded file's progress: ``rows:<index>`` -> rows of each shard scored, ``started``,
-    and once settled ``assembled`` (total rows) or ``failed`` (the reason). ``group`` names the file's plan."""
+    """Hash of a sharded file's progress: ``rows:<index>`` -> rows of each shard scored, how many are
+    (``recorded``), ``started``, and once settled ``assembled`` (total rows) or ``failed`` (the reason).
+    ``group`` names the file's plan."""
     return f"{PREFIX}shards:{group}"

@@ -217,12 +217,12 @@ def _score_part(p: Payload, model: Any) -> int:
 _RECORD = """
 if redis.call('HEXISTS', KEYS[1], 'failed') == 1 then return 'failed' end
 if redis.call('HEXISTS', KEYS[1], 'assembled') == 1 then return 'assembled' end
-redis.call('HSET', KEYS[1], 'rows:' .. ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-for i = 0, tonumber(ARGV[3]) - 1 do
-  if redis.call('HEXISTS', KEYS[1], 'rows:' .. i) == 0 then return 'wait' end
+if redis.call('HSET', KEYS[1], 'rows:' .. ARGV[1], ARGV[2]) == 1 then  -- a re-run shard counts once
+  redis.call('HINCRBY', KEYS[1], 'recorded', 1)
 end
-return 'assemble'
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if tonumber(redis.call('HGET', KEYS[1], 'recorded')) >= tonumber(ARGV[3]) then return 'assemble' end
+return 'wait'
 """
 
 # KEYS: the file's shard hash. ARGV: 'assembled' or 'failed', its value, ttl. The first outcome wins.

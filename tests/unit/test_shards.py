@@ -324,7 +324,10 @@ def test_two_assemblers_from_the_same_parts_write_the_same_whole_output(redis, t
     assert shards._record(redis, payloads[0], 1) == "assembled"
 
 
-def test_a_poison_row_fails_the_file_once_without_output_and_retry_splits_the_fixed_file(redis, tmp_path, model):
+@pytest.mark.parametrize("reverse", [False, True], ids=["bad-shard-last", "bad-shard-first"])
+def test_a_poison_row_fails_the_file_once_without_output_and_retry_splits_the_fixed_file(
+    redis, tmp_path, model, reverse
+):
     # Given a file whose 3rd shard holds text in a feature column
     frame = make_frame(3_000, seed=9)
     frame["f2"] = frame["f2"].astype(object)
@@ -336,8 +339,8 @@ def test_a_poison_row_fails_the_file_once_without_output_and_retry_splits_the_fi
     opts = options(tmp_path, model, shard_size=len(data) // 3 + 1)
     planned, batch = dispatch(redis, str(tmp_path / "in"), opts)
     (start, end) = planned[0].shards[2]
-    # When the worker runs its shards
-    work(redis)
+    # When the worker runs its shards (the bad one last, or first: then the others only tidy up)
+    work(redis, reverse=reverse)
     # Then the file failed once, with a reason naming it, the shard and its bytes
     b = describe(redis, batch.id)
     assert (b["total"], b["done"], b["failed"], b["running"]) == (1, 0, 1, 0)
