@@ -35,10 +35,11 @@ test: $(BIN)/velo  ## Run the unit and end-to-end tests
 	$(BIN)/pytest -q
 
 .PHONY: bench
-bench: $(BIN)/velo  ## Benchmarks (about 5 minutes); results in docs/BENCHMARKS.md
+bench: $(BIN)/velo  ## Benchmarks (about 20 minutes; bench.big_file writes a 2 GB CSV once); results in docs/BENCHMARKS.md
 	$(BIN)/python -m bench.bench --reps 3
 	$(BIN)/python -m bench.dispatch_scale --files 200000 --reps 3
 	$(BIN)/python -m bench.overhead --files 1000 --reps 3
+	$(BIN)/python -m bench.big_file --size-mb 2000 --shard-mb 256 --reps 3
 
 .PHONY: lint
 lint: $(BIN)/velo  ## ruff check and format check

@@ -69,7 +69,7 @@ STATE_TTL = 7 * 24 * 3600
 PARTS_SUFFIX = ".velo-parts"
 """``<output>.velo-parts/<group>/<index>.part``: where shard outputs wait to be assembled."""
 
-SPLIT_HINT = "; if a quoted field holds a line break the file cannot be split: dispatch it with --shard-size 0"
+SPLIT_HINT = "a quoted field holding a line break cannot be split: dispatch the file with --shard-size 0"
 
 _PLAIN = (".csv", ".tsv", ".txt")
 """Names of uncompressed text files: byte offsets in them are offsets in the CSV."""
@@ -165,6 +165,27 @@ def name_of(p: Payload) -> str:
     return f"{p['input']} (shard {s['index'] + 1} of {s['count']}, bytes {s['start']}-{s['end']})"
 
 
+class _Quotes:
+    """Counts the quote characters of what is read through it.
+
+    A shard starts outside quotes (the first starts after the header; each next one where the
+    one before ended). It ends outside quotes too iff it holds an even number of ``"``: doubled
+    quotes inside a quoted field keep the parity. An odd count means the cut after it fell
+    inside a quoted field, which pyarrow would read without a word (an unterminated quote at the
+    end of input is taken as closed), so the shard fails instead. A stray ``"`` inside an
+    unquoted field fails it too: safe, with the same way out.
+    """
+
+    def __init__(self, src: Any) -> None:
+        self._src = src
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        self.count += data.count(b'"')
+        return data
+
+
 class _Chain(io.RawIOBase):
     """``head`` then ``rest``: the header line followed by the shard's bytes, as one CSV stream."""
 
@@ -190,14 +211,15 @@ def _score_part(p: Payload, model: Any) -> int:
     s, name = p["shard"], name_of(p)
     header = storage.read_line(p["input"], p["input_version"], 0, MAX_HEADER)
     if not header.endswith(b"\n"):
-        raise InputError(f"{name}: no header line within {MAX_HEADER >> 20} MiB{SPLIT_HINT}")
+        raise InputError(f"{name}: no header line within {MAX_HEADER >> 20} MiB; {SPLIT_HINT}")
     with (
         storage.open_range(p["input"], p["input_version"], s["start"], s["end"]) as body,
         storage.write_atomic(_part(p, s["index"])) as dst,
     ):
+        quotes = _Quotes(body)
         try:
-            return score_stream(
-                io.BufferedReader(_Chain(header, body)),
+            rows = score_stream(
+                io.BufferedReader(_Chain(header, quotes)),
                 dst,
                 model,
                 name=name,
@@ -209,8 +231,11 @@ def _score_part(p: Payload, model: Any) -> int:
             )
         except InputError as e:
             if "CSV parse error" in str(e):  # most often a quoted line break cut in two
-                raise InputError(f"{e}{SPLIT_HINT}") from e
+                raise InputError(f"{e} (if {SPLIT_HINT})") from e
             raise
+        if quotes.count % 2:  # raised inside write_atomic: no part is written
+            raise InputError(f"{name}: ends inside a quoted field; {SPLIT_HINT}")
+        return rows
 
 
 # KEYS: the file's shard hash. ARGV: shard index, its rows, shard count, ttl.

@@ -381,6 +381,30 @@ def test_a_quoted_line_break_cut_in_two_fails_with_the_way_out(redis, tmp_path, 
     assert not (tmp_path / "in" / "q.out.csv").exists()
 
 
+def test_a_cut_inside_quotes_that_pyarrow_would_read_silently_still_fails_the_file(redis, tmp_path, model):
+    # Given a quoted field whose second line looks like a whole row, in the middle of the file:
+    # cut after its line break, each half parses without error (an unterminated quote at the
+    # end is taken as closed, a stray quote in an unquoted field as a character)
+    rows = [f"{i},0.1,0.2,0.3,0.4,plain" for i in range(100)]
+    middle = '100,0.1,0.2,0.3,0.4,"' + "x" * 3_000 + '\n101,0.1,0.2,0.3,0.4,y"'
+    data = ("id,f0,f1,f2,f3,note\n" + "\n".join([*rows, middle, *rows]) + "\n").encode()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "q.csv").write_bytes(data)
+    opts = options(tmp_path, model, shard_size=len(data) // 2 + 1)
+    planned, batch = dispatch(redis, str(tmp_path / "in"), opts)
+    cut = planned[0].shards[0][1]
+    assert data[cut:].startswith(b'101,0.1,0.2,0.3,0.4,y"\n')  # the cut fell inside the quotes
+    # When it is scored in shards
+    work(redis)
+    # Then the shard that ends inside the quotes fails the file, with the way out
+    [failure] = describe(redis, batch.id)["failures"]
+    assert failure["error"] == (
+        f"{tmp_path / 'in' / 'q.csv'} (shard 1 of 2, bytes {planned[0].shards[0][0]}-{cut}): ends inside a "
+        "quoted field; a quoted field holding a line break cannot be split: dispatch the file with --shard-size 0"
+    )
+    assert not (tmp_path / "in" / "q.out.csv").exists()
+
+
 def test_plan_never_takes_parts_as_inputs(tmp_path):
     (tmp_path / "x.out.csv.velo-parts" / "abc").mkdir(parents=True)
     (tmp_path / "x.out.csv.velo-parts" / "abc" / "00000.part").write_text("id\n1\n")

@@ -1,0 +1,212 @@
+"""One big file over the fleet: a 2 GB CSV cut into ~256 MB shards, scored by 1 and by 2 worker processes.
+
+    python -m bench.big_file [--size-mb 2000] [--shard-mb 256] [--reps 3] [--no-write]
+
+Generates one deterministic CSV (`id` + 20 float features `f0..f19` rounded to 6 decimals, the
+shape of bench/bench.py's data) block by block, cached under bench/data/big_file/, and fits
+bench/bench.py's LogisticRegression. Each contender is `velo dispatch FOLDER --shard-size S`
+then `velo worker --burst --processes N` on a private redis-server, the file in a local folder;
+the clock covers both (start-up, planning, scoring, assembly). Contenders run interleaved,
+--reps times; the table gives medians. The whole-file run with one process is the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from bench.bench import FEATURES, fit
+from bench.common import machine, private_redis, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MB = 1 << 20
+BLOCK_ROWS = 200_000
+"""Rows generated at a time (about 38 MB of CSV): generating is flat in memory."""
+
+
+@dataclass
+class Contender:
+    name: str
+    shard_mb: int
+    processes: int
+    seconds: list[float] = field(default_factory=list)
+    assembly: list[float] = field(default_factory=list)
+
+
+def make_file(path: Path, size: int) -> int:
+    """Write (once) a CSV of at least ``size`` bytes, block by block; returns its rows."""
+    rows_file = path.with_suffix(".rows")
+    if path.exists() and rows_file.exists():
+        return int(rows_file.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    rows = 0
+    with open(tmp, "wb") as out:
+        for block in range(10**6):
+            if out.tell() >= size:
+                break
+            rng = np.random.default_rng(block)
+            cols = {"id": pa.array(np.arange(rows, rows + BLOCK_ROWS))}
+            cols |= {f: pa.array(rng.normal(size=BLOCK_ROWS).round(6)) for f in FEATURES}
+            pacsv.write_csv(pa.table(cols), out, pacsv.WriteOptions(include_header=block == 0))
+            rows += BLOCK_ROWS
+    tmp.rename(path)
+    rows_file.write_text(str(rows))
+    return rows
+
+
+def make_model(path: Path) -> None:
+    if not path.exists():
+        with ProcessPoolExecutor(1) as pool:  # OpenMP started by fitting stays out of this process
+            list(pool.map(fit, [("logreg", path)]))
+
+
+def clean(folder: Path) -> None:
+    for p in folder.iterdir():
+        if ".out." in p.name:
+            if p.is_dir():
+                for q in p.rglob("*"):
+                    if q.is_file():
+                        q.unlink()
+                for q in sorted(p.rglob("*"), reverse=True):
+                    q.rmdir()
+                p.rmdir()
+            else:
+                p.unlink()
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO (assembling|assembled) ", re.M)
+
+
+def assembly_seconds(log: str) -> float:
+    """From the worker's log: seconds between 'assembling <output>' and 'assembled <output>'."""
+    stamps = {what: datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f") for ts, what in _STAMP.findall(log)}
+    if len(stamps) < 2:
+        return 0.0
+    return (stamps["assembled"] - stamps["assembling"]).total_seconds()
+
+
+def run(c: Contender, folder: Path, model: Path, redis_url: str) -> tuple[float, float]:
+    """One dispatch + burst worker; (wall seconds, seconds spent assembling the parts)."""
+    env = {**os.environ, "REDIS_URL": redis_url}
+    env.pop("VELO_SHARD_SIZE", None)
+    velo = str(BIN / "velo")
+    started = time.perf_counter()
+    dispatch = [velo, "dispatch", str(folder), "--model", str(model), "--shard-size", f"{c.shard_mb}MB"]
+    subprocess.run(dispatch, env=env, check=True, capture_output=True)
+    worker = [velo, "worker", "--burst", "--processes", str(c.processes), "--model", str(model)]
+    done = subprocess.run(worker, env=env, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, assembly_seconds(done.stderr)
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * MB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=2000, help="size of the CSV (MiB)")
+    ap.add_argument("--shard-mb", type=int, default=256, help="--shard-size of the sharded contenders (MiB)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--data", default=str(ROOT / "bench" / "data" / "big_file"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    ap.add_argument("--no-write", action="store_true", help="print the section, do not write it")
+    args = ap.parse_args()
+
+    data = Path(args.data)
+    folder = data / f"{args.size_mb}MB"
+    path = folder / "big.csv"
+    model = data / "logreg.joblib"
+    rows = make_file(path, args.size_mb * MB)
+    make_model(model)
+    size = path.stat().st_size
+    shards = -(-size // (args.shard_mb * MB))
+    contenders = [
+        Contender("whole file, `--processes 1` (baseline)", 0, 1),
+        Contender(f"{args.shard_mb} MB shards, `--processes 1`", args.shard_mb, 1),
+        Contender(f"{args.shard_mb} MB shards, `--processes 2`", args.shard_mb, 2),
+    ]
+    digests: dict[str, str] = {}
+    load = os.getloadavg()[0]  # the cores may be shared: say how busy they were
+    with private_redis() as url, tempfile.TemporaryDirectory() as state:
+        os.environ["VELO_STATE_DIR"] = state
+        for rep in range(args.reps):
+            for c in contenders:  # interleaved: noise hits every contender alike
+                clean(folder)
+                seconds, assembling = run(c, folder, model, url)
+                c.seconds.append(seconds)
+                c.assembly.append(assembling)
+                print(f"rep {rep + 1}/{args.reps} {c.name}: {seconds:.1f}s (assembly {assembling:.1f}s)", flush=True)
+                if rep == 0:  # outside the clock: every contender writes the same bytes
+                    digests[c.name] = digest(folder / "big.out.csv")
+    clean(folder)
+    assert len(set(digests.values())) == 1, f"outputs differ: {digests}"
+    lines = report(contenders, args, rows, size, shards, (load, os.getloadavg()[0]))
+    print("\n".join(lines))
+    if not args.no_write:
+        write_section("One big file", lines, Path(args.out))
+
+
+def report(
+    contenders: list[Contender], args: argparse.Namespace, rows: int, size: int, shards: int, load: tuple[float, float]
+) -> list[str]:
+    base = statistics.median(contenders[0].seconds)
+    med = {c.name: statistics.median(c.seconds) for c in contenders}
+    one, two = med[contenders[1].name], med[contenders[2].name]
+    assembly = statistics.median(contenders[2].assembly)
+    lines = [
+        f"{machine()}",
+        "",
+        f"Command: `python -m bench.big_file --size-mb {args.size_mb} --shard-mb {args.shard_mb} --reps {args.reps}`. "
+        f"Data: one CSV of {size / 1e9:.2f} GB, {rows:,} rows, `id` + 20 float features; bench/bench.py's "
+        f"LogisticRegression. Each run is `velo dispatch` (`--shard-size`; {shards} shards when sharded) then "
+        "`velo worker --burst --processes N` on a private redis-server, the file in a local folder; the clock "
+        "covers both. Contenders interleaved; medians; every contender's output has the same SHA-256. "
+        f"Load average (1 min) before and after: {load[0]:.1f}, {load[1]:.1f}.",
+        "",
+        "| contender | median s | min-max s | rows/s | MB/s in | × baseline | assembly s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in contenders:
+        m = med[c.name]
+        spread = f"{min(c.seconds):.1f}-{max(c.seconds):.1f}"
+        assemble = f"{statistics.median(c.assembly):.1f}" if c.shard_mb else "-"
+        lines.append(
+            f"| {c.name} | {m:.1f} | {spread} | {rows / m:,.0f} | {size / 1e6 / m:.0f} | {base / m:.2f} | {assemble} |"
+        )
+    lines += [
+        "",
+        f"Two processes finish the sharded file in {two:.1f} s against {one:.1f} s for one: **{one / two:.2f}x**, "
+        f"and {base / two:.2f}x the whole-file run. Without sharding a second process would have nothing to do: "
+        f"the file is one job. With one process, sharding costs {100 * (one / base - 1):+.0f}% "
+        "(each shard job reads the header again and writes its part, and the parts are then concatenated). "
+        f"Locally that concatenation copies the output once ({assembly:.1f} s here, by one process while the "
+        "other is idle); on S3 it is UploadPartCopy, done by S3 without the bytes passing through the worker. "
+        f"Two processes on {os.cpu_count()} cores cannot reach 2x: the assembly is serial, the cores are shared "
+        "with the OS, Redis and the disk, and the model gets one thread per process instead of two.",
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
