@@ -84,7 +84,7 @@ def parse_size(text: str) -> int:
     unit = raw[len(number) :].removesuffix("b").removesuffix("i")
     try:
         size = int(float(number) * _UNITS[unit])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         raise ConfigError(f"--shard-size {text!r}: not a size; use bytes or e.g. 512MB, 1GB (0 turns it off)") from None
     if size < 0 or 0 < size < MIN_SHARD_SIZE:
         raise ConfigError(f"--shard-size {text!r}: use 0 (off) or at least {MIN_SHARD_SIZE >> 20}MB")
@@ -330,6 +330,8 @@ def _assemble(redis: Redis, p: Payload) -> int | None:
     except (VeloError, OSError) as e:
         if settle(redis, p):  # a racing assembler finished first and removed the parts, or the file failed
             return None
+        if isinstance(e, (TransientError, ConfigError)):  # retried, or failed at once (access denied)
+            raise
         raise TransientError(f"{p['input']}: cannot assemble its {count} shards ({e})") from e
     rows = redis.hmget(keys.shards(group(p)), [f"rows:{i}" for i in range(count)])
     total = sum(int(r or 0) for r in rows)

@@ -118,7 +118,7 @@ def test_shard_sizes_parse():
     assert shards.parse_size("512MB") == shards.parse_size("512mib") == shards.parse_size("512M") == 512 << 20
     assert shards.parse_size("1GB") == shards.parse_size(" 1 GiB ") == 1 << 30
     assert shards.parse_size("1.5g") == 3 << 29
-    for bad in ("abc", "MB", "1XB"):
+    for bad in ("abc", "MB", "1XB", "inf", "nan"):
         with pytest.raises(ConfigError, match="not a size"):
             shards.parse_size(bad)
     for small in ("1000", "-1GB"):
