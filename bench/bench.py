@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -32,7 +31,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -40,6 +38,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from bench.common import machine, private_redis, write_section
+from bench.loops import cached_model
 
 FEATURES = [f"f{i}" for i in range(20)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,59 +85,14 @@ def clean(paths: list[Path]) -> None:
             p.unlink()
 
 
-_models: dict[Path, object] = {}
-
-
-def cached_model(path: Path):
-    """The model, loaded once per pool process (as a careful user would), not once per file."""
-    if path not in _models:
-        _models[path] = joblib.load(path)
-    return _models[path]
-
-
-def pandas_file(args: tuple[Path, Path]) -> tuple[float, float]:
-    path, model_path = args
-    started = time.time()
-    model = cached_model(model_path)
-    df = pd.read_csv(path)
-    df["prediction"] = model.predict(df[model.feature_names_in_])
-    df.to_csv(path.with_name(path.name.replace(".csv", ".out.csv")), index=False)
-    return started, time.time()
-
-
-def pyarrow_file(args: tuple[Path, Path]) -> tuple[float, float]:
-    """The best bare loop: pyarrow reads blocks of text (parsing floats costs twice as much as
-    splitting cells), only the features become float64, pyarrow writes the cells back as read."""
-    path, model_path = args
-    started = time.time()
-    model = cached_model(model_path)
-    out = path.with_name(path.name.replace(".csv", ".out.csv"))
-    with open(path, "rb") as f:
-        header = next(csv.reader([f.readline().decode()]))
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=8 << 20),
-        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}),
-    )
-    names = [*header, "prediction"]
-    with open(out, "wb") as dst:
-        dst.write((",".join(names) + "\n").encode())
-        for batch in reader:
-            x = pd.DataFrame({f: pc.cast(batch.column(f), pa.float64()).to_numpy() for f in model.feature_names_in_})
-            table = pa.Table.from_arrays([*batch.columns, pa.array(model.predict(x))], names=names)
-            pacsv.write_csv(table, dst, pacsv.WriteOptions(include_header=False, quoting_style="none"))
-    return started, time.time()
-
-
-def loop(fn: Callable[[tuple[Path, Path]], tuple[float, float]], processes: int) -> Contender:
-    """The bare loop over all files in a pool of ``processes`` (1 too: the benchmark process itself
-    never predicts, so the OpenMP runtime of HistGradientBoosting is never started before a fork)."""
+def loop(name: str, processes: int) -> Contender:
+    """A bare loop (bench/loops.py), run as its own command like a user's script: imports included."""
 
     def run(paths: list[Path], model_path: Path) -> float:
-        threads = max(1, (os.cpu_count() or 1) // processes)  # as a careful user would: no N x N threads
-        with ProcessPoolExecutor(processes, initializer=threadpool_limits, initargs=(threads,)) as pool:
-            spans = list(pool.map(fn, [(p, model_path) for p in paths]))
-        return max(end for _, end in spans) - min(start for start, _ in spans)
+        cmd = [sys.executable, "-m", "bench.loops", name, str(paths[0].parent), str(model_path)]
+        done = subprocess.run([*cmd, "--processes", str(processes)], check=True, capture_output=True, text=True,
+                              cwd=ROOT)  # fmt: skip
+        return float(done.stdout.strip().rsplit(": ", 1)[1])
 
     return run
 
@@ -295,9 +249,9 @@ def main() -> None:
         sections = []
         for name in models:
             contenders: dict[str, Contender] = {
-                PANDAS: loop(pandas_file, 1),
-                ARROW: loop(pyarrow_file, 1),
-                LIMIT: loop(pyarrow_file, 2),
+                PANDAS: loop("pandas", 1),
+                ARROW: loop("pyarrow", 1),
+                LIMIT: loop("pyarrow", 2),
                 RUN: velo_run(2),
             }
             if name in args.fleet_models.split(","):
@@ -398,9 +352,10 @@ def report(
         f"Command: `{command}` (part of `make bench`). "
         f"Data: 8 CSV files, {total_rows:,} rows in all ({size / 1e6:.0f} MB), `id` + 20 float features. "
         "Each contender writes every input column plus `prediction`; contenders run interleaved. "
+        "Every contender is a command of its own, as a user would run it (the bare loops are `bench/loops.py`). "
         "**End to end** is wall-clock from the command's start to its exit: interpreter, imports, model load, "
         "Redis and (Spark) a fresh JVM included. **After start-up** is from the first file started to the last "
-        "one done (Velosiped: the batch's own clock in `velo status`; bare loops: the pool's first and last "
+        "one done (Velosiped: the batch's own clock in `velo status`; bare loops: their first and last "
         "file; Spark: its job, after the session is up). Redis for the fleet rows is a private redis-server; "
         "S3 is moto's S3 server on loopback, one Python process sharing the 2 cores (slower than a real "
         "store). Bare loops load the model once per process and cap BLAS/OpenMP threads at cores / processes, "
