@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import botocore.exceptions
-import joblib
 from threadpoolctl import threadpool_limits
 
 from worker import metrics, storage
@@ -147,6 +146,8 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
     global loads
     started = time.perf_counter()
     try:
+        import joblib  # and scikit-learn with it: only where a model is loaded
+
         model = joblib.load(path)
     except Exception as e:
         raise InputError(f"{uri}: cannot load model ({type(e).__name__}: {e})") from e

@@ -30,7 +30,6 @@ from worker import keys, storage
 from worker.batch import FileState, set_state
 from worker.errors import ConfigError, InputError, TransientError, VeloError
 from worker.jobs import Payload, error_uri, job_id, lineage
-from worker.scoring import MAX_HEADER, Dialect, score_stream
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -113,6 +112,8 @@ def bounds(info: ObjectInfo, shard_size: int, encoding: str = "utf-8") -> list[t
     """
     if shard_size <= 0 or info.size <= shard_size or not shardable(info.uri, encoding):
         return []
+    from worker.scoring import MAX_HEADER  # pandas and pyarrow: only when a file is this big
+
     header = storage.read_line(info.uri, info.version, 0, MAX_HEADER)
     if not header.endswith(b"\n") or len(header) >= info.size:
         return []
@@ -208,6 +209,8 @@ class _Chain(io.RawIOBase):
 
 
 def _score_part(p: Payload, model: Any) -> int:
+    from worker.scoring import MAX_HEADER, Dialect, score_stream
+
     s, name = p["shard"], name_of(p)
     header = storage.read_line(p["input"], p["input_version"], 0, MAX_HEADER)
     if not header.endswith(b"\n"):

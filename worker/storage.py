@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import IO, TYPE_CHECKING, Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
-import smart_open
 
 from worker.errors import ConfigError, InputError, TransientError
 
@@ -138,6 +135,9 @@ def relative(base: str, uri: str) -> str:
 @cache
 def client() -> S3Client:
     """One boto3 S3 client per process, with boto3's standard retry mode (exponential backoff)."""
+    import boto3  # imported here: commands that never touch S3 (`velo status`) start faster
+    import botocore.config
+
     config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 5})
     return boto3.client("s3", config=config)
 
@@ -232,6 +232,8 @@ def head(uri: str) -> ObjectInfo | None:
 
 def open_read(uri: str) -> IO[bytes]:
     """A streaming binary reader, decompressed by extension (``.gz``); memory does not grow with size."""
+    import smart_open  # here, like boto3: commands that read no file start faster
+
     if is_s3(uri):
         with _s3_errors(uri):
             return smart_open.open(uri, "rb", transport_params={"client": client()})
@@ -249,6 +251,8 @@ def write_atomic(uri: str, metadata: dict[str, str] | None = None) -> Iterator[I
     buffered in memory). Local: a temporary file in the same folder renamed into place.
     ``metadata`` becomes S3 object metadata (local files get it through :func:`write_json`).
     """
+    import smart_open
+
     if is_s3(uri):
         params: dict[str, Any] = {"client": client(), "min_part_size": S3_PART_SIZE}
         if metadata:
