@@ -306,14 +306,14 @@ def breakdown(path: Path, model_path: Path, reps: int) -> dict[str, float]:
 
 
 def _stages(path: Path, model_path: Path) -> dict[str, float]:
-    from worker.scoring import Dialect, FeatureSpec, _csv_blocks
+    from worker.scoring import BLOCK_SIZE, Dialect, FeatureSpec, _csv_blocks
 
     model = cached_model(model_path)
     clock = time.perf_counter
     t = dict.fromkeys(["parse (text cells)", "features to float64", "predict", "write CSV"], 0.0)
     with open(path, "rb") as src, open(os.devnull, "wb") as dst:
         started = clock()
-        header, blocks, _ = _csv_blocks(src, str(path), Dialect(), 8 << 20)
+        header, blocks, _ = _csv_blocks(src, str(path), Dialect(), BLOCK_SIZE)
         spec = FeatureSpec(model, header, str(path))
         t["parse (text cells)"] += clock() - started
         while True:
