@@ -55,7 +55,7 @@ def pyarrow_file(args: tuple[Path, Path]) -> tuple[float, float]:
         header = next(csv.reader([f.readline().decode()]))
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(block_size=2 << 20)  # the fastest size here, as for Velosiped,
+        read_options=pacsv.ReadOptions(block_size=2 << 20),  # the fastest size here, as for Velosiped
         convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}),
     )
     names = [*header, "prediction"]
