@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import joblib
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from sklearn.linear_model import LogisticRegression
 
-from bench.bench import FEATURES, fit
 from bench.common import machine, private_redis, write_section
 
+FEATURES = [f"f{i}" for i in range(20)]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MB = 1 << 20
@@ -71,10 +74,18 @@ def make_file(path: Path, size: int) -> int:
     return rows
 
 
+def fit(path: Path) -> None:
+    """bench/bench.py's LogisticRegression, fitted the same way (kept here: that module changes often)."""
+    rng = np.random.default_rng(42)
+    train = pd.DataFrame(rng.normal(size=(20_000, len(FEATURES))), columns=FEATURES)
+    label = (train.f0 + train.f1 - train.f2 + rng.normal(scale=0.5, size=len(train)) > 0).astype(int)
+    joblib.dump(LogisticRegression(max_iter=500).fit(train, label), path)
+
+
 def make_model(path: Path) -> None:
     if not path.exists():
         with ProcessPoolExecutor(1) as pool:  # OpenMP started by fitting stays out of this process
-            list(pool.map(fit, [("logreg", path)]))
+            list(pool.map(fit, [path]))
 
 
 def clean(folder: Path) -> None:
