@@ -68,6 +68,13 @@ def pyarrow_file(args: tuple[Path, Path]) -> tuple[float, float]:
     return started, time.time()
 
 
+def limit_threads(threads: int) -> None:
+    """Cap BLAS/OpenMP threads, also for libraries not loaded yet (scikit-learn loads with the model)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    threadpool_limits(threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("loop", choices=["pandas", "pyarrow"])
@@ -79,10 +86,10 @@ def main() -> None:
     jobs = [(p, args.model) for p in sorted(args.folder.glob("part-*.csv")) if ".out." not in p.name]
     threads = max(1, (os.cpu_count() or 1) // args.processes)
     if args.processes == 1:
-        threadpool_limits(threads)
+        limit_threads(threads)
         spans = [fn(job) for job in jobs]
     else:
-        with ProcessPoolExecutor(args.processes, initializer=threadpool_limits, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(args.processes, initializer=limit_threads, initargs=(threads,)) as pool:
             spans = list(pool.map(fn, jobs))
     print(f"first file started to last file done: {max(e for _, e in spans) - min(s for s, _ in spans):.3f}")
 
