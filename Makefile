@@ -35,7 +35,7 @@ test: $(BIN)/velo  ## Run the unit and end-to-end tests
 	$(BIN)/pytest -q
 
 .PHONY: bench
-bench: $(BIN)/velo  ## Benchmarks (about 30 minutes; bench.big_file and bench.memory write 2 and 6.5 GB of CSV once); results in docs/BENCHMARKS.md
+bench: $(BIN)/velo  ## Benchmarks (about 45 minutes on 2 cores; bench.big_file and bench.memory write 2 and 6.5 GB of CSV once); results in docs/BENCHMARKS.md
 	$(BIN)/python -m bench.bench --reps 3
 	$(BIN)/python -m bench.dispatch_scale --files 100000 --reps 3 --million
 	$(BIN)/python -m bench.overhead --files 1000 --reps 3
