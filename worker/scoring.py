@@ -215,9 +215,12 @@ Blocks = tuple[list[str], Iterator[pa.RecordBatch], pa.Schema | None]
 def _native(src: IO[bytes]) -> pa.NativeFile | None:
     """The same plain local file opened by pyarrow itself, or None: its reader threads then read
     without taking the GIL from the thread that predicts (measured: ~5% more rows/s)."""
-    if type(src) is not io.BufferedReader or not isinstance(src.name, str) or not os.path.isfile(src.name):
+    raw = getattr(src, "raw", None)  # a .gz file is a reader over a GzipFile, not over the file itself
+    if type(src) is not io.BufferedReader or type(raw) is not io.FileIO or not isinstance(raw.name, str):
         return None
-    return pa.OSFile(src.name)
+    if not os.path.isfile(raw.name) or raw.name.endswith((".gz", ".bz2", ".zst", ".xz")):
+        return None
+    return pa.OSFile(raw.name)
 
 
 def _csv_blocks(src: IO[bytes], name: str, dialect: Dialect, block_size: int) -> Blocks:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import assert_output_matches, csv_bytes, expected_output, fit_model, make_frame
+from tests.helpers import assert_output_matches, csv_bytes, expected_output, fit_model, gz_bytes, make_frame
 from worker.errors import InputError
 from worker.scoring import score_stream
 
@@ -158,3 +158,21 @@ def test_empty_parquet_gives_an_empty_parquet_with_the_output_columns():
     rows = score_stream(io.BytesIO(src.getvalue()), out, fit_model(), name="x.parquet", keep=["id"], parquet=True)
     table = pq.read_table(io.BytesIO(out.getvalue()))
     assert (rows, table.num_rows, table.column_names) == (0, 0, ["id", "prediction"])
+
+
+def test_local_csv_and_csv_gz_score_alike_through_storage(tmp_path):
+    """A plain local file is read by pyarrow directly; a .csv.gz must still be decompressed first."""
+    from worker import storage
+
+    df = make_frame(50)
+    (tmp_path / "a.csv").write_bytes(csv_bytes(df))
+    (tmp_path / "a.csv.gz").write_bytes(gz_bytes(df))
+    model = fit_model()
+    outputs = []
+    for name in ("a.csv", "a.csv.gz"):
+        dst = io.BytesIO()
+        with storage.open_read(str(tmp_path / name)) as src:
+            assert score_stream(src, dst, model, name=name) == 50
+        outputs.append(dst.getvalue())
+    assert outputs[0] == outputs[1]
+    assert_output_matches(pd.read_csv(io.BytesIO(outputs[0])), expected_output(df, model))
