@@ -173,6 +173,11 @@ def _fields(p: Payload, job: Job | None, started: float, **more: Any) -> dict[st
 
 
 def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
+    if p.get("shard") and redis is not None and shards.settle(redis, p):
+        # Its file failed (or was assembled) meanwhile, e.g. another shard's bad row removed the
+        # parts this one was writing: the file's first reason stands, this one is a consequence.
+        log.info("%s; its file is settled already, its first outcome stands", reason)
+        return {"error": reason}
     if p.get("shard") and not shards.fail(redis, p, reason):
         log.warning("%s; its file was assembled already and stands", reason)
         return {"error": reason}

@@ -659,7 +659,8 @@ def test_job_past_its_time_limit_fails_and_the_worker_serves_the_next(
     (tmp_path / "quick").mkdir()
     (tmp_path / "slow" / "s.csv").write_bytes(csv_bytes(slow))
     (tmp_path / "quick" / "q.csv").write_bytes(csv_bytes(quick))
-    worker = start_velo("worker", "--redis", clean_redis, env=slowed(0.5))
+    # (the model preloaded: on a busy machine loading it inside the job could take the 2 s itself)
+    worker = start_velo("worker", "--redis", clean_redis, "--model", str(model_path), env=slowed(0.5))
 
     # When the slow file is dispatched with a 2 s time limit and waited for
     started = time.monotonic()
