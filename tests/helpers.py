@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import re
 from pathlib import Path
 
@@ -167,6 +168,13 @@ DRY_RUN_REASONS = {
 
 def _lines(stdout: str) -> list[str]:
     return [line.rstrip() for line in stdout.splitlines() if line.strip()]
+
+
+def batch_status(velo, redis_url: str, batch_id: str) -> dict:
+    """`velo status BATCH --json`: the batch's description."""
+    result = velo("status", batch_id, "--json", "--redis", redis_url, check=0, timeout=30)
+    [batch] = json.loads(result.stdout)["batches"]
+    return batch
 
 
 def parse_dispatch(stdout: str) -> tuple[str, int, int]:

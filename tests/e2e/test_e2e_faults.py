@@ -23,6 +23,7 @@ from helpers import (
     DISPATCH_LINE,
     assert_last_velo_line,
     assert_output_matches,
+    batch_status,
     csv_bytes,
     dump_model,
     expected_output,
@@ -53,13 +54,6 @@ def slowed(seconds_per_block: float, **extra: str) -> dict[str, str]:
 
 
 COUNTERS = ("total", "queued", "running", "done", "failed")
-
-
-def batch_status(velo, redis_url: str, batch_id: str) -> dict:
-    """`velo status BATCH --json`: the batch's description."""
-    result = velo("status", batch_id, "--json", "--redis", redis_url, check=0, timeout=30)
-    [batch] = json.loads(result.stdout)["batches"]
-    return batch
 
 
 def counters(batch: dict) -> dict:

@@ -16,6 +16,7 @@ import time
 
 import pytest
 from helpers import (
+    batch_status,
     csv_bytes,
     dump_model,
     fit_model,
@@ -47,11 +48,6 @@ def whole(data: bytes, model, **options) -> bytes:
     out = io.BytesIO()
     score_stream(io.BytesIO(data), out, model, name="x", **options)
     return out.getvalue()
-
-
-def batch_of(velo, redis_url: str, batch_id: str) -> dict:
-    [batch] = json.loads(velo("status", batch_id, "--json", "--redis", redis_url, check=0).stdout)["batches"]
-    return batch
 
 
 @pytest.fixture
@@ -92,7 +88,7 @@ def test_local_big_file_over_two_processes_equals_the_unsharded_run(velo, clean_
     assert out.count(b"id,f0,f1,f2,f3,prediction\n") == 1
     assert "from 4 parts, streamed" in worker.stderr
     # And status counts files, not shards
-    batch = batch_of(velo, clean_redis, batch_id)
+    batch = batch_status(velo, clean_redis, batch_id)
     rows = data.count(b"\n") - 1 + 50
     assert {k: batch[k] for k in ("total", "done", "failed", "running", "queued", "rows")} == {
         "total": 2,
@@ -133,7 +129,7 @@ def test_s3_parts_of_5_mib_are_copied_server_side_and_small_parts_streamed(
     assert head["ETag"].strip('"').endswith("-2")
     assert s3.get("in/big.out.csv") == whole(data, model)
     assert head["Metadata"]["velo-batch"] == batch_id
-    assert batch_of(velo, clean_redis, batch_id)["rows"] == data.count(b"\n") - 1
+    assert batch_status(velo, clean_redis, batch_id)["rows"] == data.count(b"\n") - 1
     # And the small parts were streamed into an ordinary upload, with the right bytes too
     assert "ids/big.out.csv from 2 parts, streamed" in worker.stderr
     assert s3.get("ids/big.out.csv") == whole(data, model, keep=["id"])
@@ -157,7 +153,7 @@ def test_a_poison_row_in_one_shard_fails_the_file_cleanly(velo, clean_redis, tmp
     velo("worker", "--burst", "--processes", "2", "--redis", clean_redis, check=0)
 
     # Then the file failed once, its reason one line naming the file, the shard and its bytes
-    batch = batch_of(velo, clean_redis, batch_id)
+    batch = batch_status(velo, clean_redis, batch_id)
     assert {k: batch[k] for k in ("total", "done", "failed", "running")} == {
         "total": 1,
         "done": 0,
@@ -198,7 +194,7 @@ def test_sigkill_mid_shard_still_gives_one_correct_output(
 
     # When A is seen scoring the first shard, and is killed with SIGKILL
     wait_until(
-        lambda: batch_of(velo, clean_redis, batch_id)["running"] == 1,
+        lambda: batch_status(velo, clean_redis, batch_id)["running"] == 1,
         timeout=30,
         interval=0.3,
         message="worker A to start\n" + worker_a.describe(),
@@ -214,7 +210,7 @@ def test_sigkill_mid_shard_still_gives_one_correct_output(
 
     # Then the batch finishes with the file done once and its one output right
     final = wait_until(
-        lambda: (b := batch_of(velo, clean_redis, batch_id))["finished"] and b,
+        lambda: (b := batch_status(velo, clean_redis, batch_id))["finished"] and b,
         timeout=60,
         interval=0.5,
         message="the batch to finish after the kill\n" + worker_b.describe(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import boto3
+import fakeredis
 import pytest
 from moto import mock_aws
 
@@ -32,3 +33,11 @@ def no_cached_models():
     models._cache.clear()
     yield
     models._cache.clear()
+
+
+@pytest.fixture
+def redis():
+    """A fresh in-process fake Redis (fakeredis) for a unit test."""
+    conn = fakeredis.FakeStrictRedis()
+    yield conn
+    conn.flushall()

@@ -10,7 +10,6 @@ import io
 import itertools
 import json
 
-import fakeredis
 import pandas as pd
 import pytest
 
@@ -182,13 +181,6 @@ def test_each_shard_is_its_own_job_and_a_whole_file_keeps_its_id():
 
 
 # ------------------------------------------------------------------------------------------- workers
-
-
-@pytest.fixture
-def redis():
-    conn = fakeredis.FakeStrictRedis()
-    yield conn
-    conn.flushall()
 
 
 @pytest.fixture

@@ -6,20 +6,12 @@ import io
 import json
 import time
 
-import fakeredis
 import pytest
 from rich.console import Console
 
 from dispatcher import status
 from worker import keys
 from worker.runner import VeloWorker, make_queue
-
-
-@pytest.fixture
-def redis():
-    conn = fakeredis.FakeStrictRedis()
-    yield conn
-    conn.flushall()
 
 
 def batch(redis, batch_id: str, **counters) -> None:

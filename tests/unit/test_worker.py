@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import zlib
 
-import fakeredis
 import pytest
 from rq import Callback
 
@@ -15,13 +14,6 @@ from dispatcher.status import describe
 from tests.helpers import csv_bytes, dump_model, fit_model, make_frame
 from worker import models
 from worker.runner import VeloWorker, make_queue
-
-
-@pytest.fixture
-def redis():
-    conn = fakeredis.FakeStrictRedis()
-    yield conn
-    conn.flushall()
 
 
 @pytest.fixture
