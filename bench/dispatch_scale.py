@@ -71,7 +71,7 @@ def dispatch_once(r: redis.Redis, url: str, files: int) -> dict[str, float]:
     batch = enqueue_batch(r, "velo", "s3://bucket/in/", OPTS, planned)
     done = time.perf_counter()
     used = r.info("memory")["used_memory"] - before
-    job = r.scan_iter("rq:job:*", count=1000).__next__()
+    job = next(r.scan_iter("rq:job:*", count=1000))
     started_status = time.perf_counter()
     describe(r, batch.id)
     status_s = time.perf_counter() - started_status
