@@ -176,3 +176,14 @@ def test_local_csv_and_csv_gz_score_alike_through_storage(tmp_path):
         outputs.append(dst.getvalue())
     assert outputs[0] == outputs[1]
     assert_output_matches(pd.read_csv(io.BytesIO(outputs[0])), expected_output(df, model))
+
+
+def test_a_header_only_local_file_gives_a_header_only_output(tmp_path):
+    """The plain local file path (pyarrow's own reader) keeps the spec's header-only promise."""
+    from worker import storage
+
+    (tmp_path / "h.csv").write_bytes(csv_bytes(make_frame(0)))
+    dst = io.BytesIO()
+    with storage.open_read(str(tmp_path / "h.csv")) as src:
+        assert score_stream(src, dst, fit_model(), name="h.csv") == 0
+    assert dst.getvalue() == b"id,f0,f1,f2,f3,prediction\n"
