@@ -7,20 +7,20 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rq import Callback, Retry
 from rq.job import Job, JobStatus
-from rq.scripts import _build_hset_args, get_unique_enqueue_script  # pinned rq 3.0
+from rq.scripts import _build_hset_args  # pinned rq 3.0
 
-from worker import keys, shards, storage
-from worker.batch import FileState, forget, set_state
+from worker import keys, payloads, shards, storage
 from worker.errors import InputError
 from worker.jobs import FAILURE_CALLBACK, TASK, Payload, job_id
 from worker.runner import make_queue
 
 if TYPE_CHECKING:
     from redis import Redis
+    from rq import Queue
 
     from dispatcher.plan import Options, Planned
 
@@ -100,8 +100,9 @@ def mark_already_queued(redis: Redis, opts: Options, planned: list[Planned]) -> 
     return [replace(p, reason="already queued") if p.info.uri in active else p for p in planned]
 
 
-def _clear_finished(redis: Redis, ids: list[str]) -> None:
-    """Delete earlier, finished or dead jobs with these ids: they would block the unique enqueue."""
+def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
+    """Delete earlier, finished or dead jobs with these ids (they would block the unique enqueue); their ids."""
+    cleared = set()
     for jid, st in zip(ids, _job_statuses(redis, ids), strict=True):
         if st is None or st in _ACTIVE:
             continue
@@ -110,59 +111,135 @@ def _clear_finished(redis: Redis, ids: list[str]) -> None:
             job.delete()
         except ValueError:  # RQ trips on an execution record that expired with a dead worker
             redis.delete(job.key, job.dependents_key)
+        cleared.add(jid)
+    return cleared
 
 
-def _describe(p: Payload) -> str:
-    """What `velo status` shows for the job a worker holds: the file, and which shard."""
-    shard = p.get("shard")
-    return f"{p['input']} (shard {shard['index'] + 1}/{shard['count']})" if shard else p["input"]
+# Enqueue a chunk of files at once, each file's jobs only if none of them is there already (the
+# check RQ's own unique-enqueue script makes for one job, here for a file's shards together),
+# with the file's payloads and its state in the batch, atomically.
+# KEYS: queue list, payloads hash, batch files hash, batch counters hash, RQ's set of queues,
+#   then per file: its jobs' keys, and its shards' progress key if it is sharded.
+# ARGV: queue key, options key, options JSON, n = length of the job hash template, the template
+#   (field, value, ...: RQ's own serialization of the job, the same for every job of a chunk),
+#   then per file: its URI, its job count, 1 if sharded else 0, then (job id, payload) per job.
+# Returns per file 1 if its jobs were added, 0 if one of them was there already.
+_ENQUEUE = """
+redis.call('SET', ARGV[2], ARGV[3])
+local n = tonumber(ARGV[4])
+local template = {unpack(ARGV, 5, 4 + n)}
+local a, k = 5 + n, 6
+local added, total, queued = {}, 0, 0
+while a <= #ARGV do
+  local file, jobs, sharded = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
+  local free = true
+  for j = 0, jobs - 1 do
+    if redis.call('EXISTS', KEYS[k + j]) == 1 then free = false; break end
+  end
+  if free then
+    for j = 0, jobs - 1 do
+      local id = ARGV[a + 3 + 2 * j]
+      redis.call('HSET', KEYS[k + j], unpack(template))
+      redis.call('HSET', KEYS[2], id, ARGV[a + 4 + 2 * j])
+      redis.call('RPUSH', KEYS[1], id)
+    end
+    if sharded then redis.call('DEL', KEYS[k + jobs]) end -- a new attempt starts from no shard done
+    local old = redis.call('HGET', KEYS[3], file)
+    if old ~= 'queued' and old ~= 'done' then
+      redis.call('HSET', KEYS[3], file, 'queued')
+      if old then redis.call('HINCRBY', KEYS[4], old, -1) else total = total + 1 end
+      queued = queued + 1
+    end
+  end
+  added[#added + 1] = free and 1 or 0
+  k = k + jobs + (sharded and 1 or 0)
+  a = a + 3 + 2 * jobs
+end
+if total > 0 then redis.call('HINCRBY', KEYS[4], 'total', total) end
+if queued > 0 then redis.call('HINCRBY', KEYS[4], 'queued', queued) end
+redis.call('SADD', KEYS[5], ARGV[1])
+return added
+"""
+
+_scripts: dict[int, Any] = {}
+
+
+def _script(redis: Redis) -> Any:
+    """The chunk script, registered once per connection pool."""
+    pool = redis.connection_pool
+    if id(pool) not in _scripts:
+        _scripts[id(pool)] = redis.register_script(_ENQUEUE)
+    return _scripts[id(pool)]
+
+
+def _template(q: Queue, timeout: int) -> list[Any]:
+    """What RQ writes into a job's hash for a Velosiped job (no argument: its payload is apart)."""
+    job = q.create_job(
+        TASK,
+        job_id="velo-template",
+        timeout=timeout,
+        # The outcome lives in the batch; RQ keeps the finished job a while only because its
+        # result_ttl=0 path deletes through the job's executions and fails on one whose
+        # worker died (its execution record expired): the file would be done twice.
+        result_ttl=RESULT_TTL,
+        failure_ttl=7 * 24 * 3600,
+        retry=Retry(max=RETRIES),
+        on_failure=Callback(FAILURE_CALLBACK),
+    )
+    q._prepare_for_queue(job)
+    if job.ttl is not None:
+        raise AssertionError("Velosiped jobs do not expire while queued")
+    args = _build_hset_args(job)
+    # RQ writes '' for what a queued job has not (worker, start, end...) and reads a missing
+    # field as it reads '' (Job.restore: `if obj.get(...)`): ~100 bytes a job saved.
+    return [x for pair in zip(args[::2], args[1::2], strict=True) if pair[1] != "" for x in pair]
 
 
 def _enqueue(redis: Redis, queue: str, files: list[list[Payload]], timeout: int) -> list[bool]:
-    """Enqueue each file's jobs (one, or one per shard), pipelined, each unless the same job is already there.
+    """Enqueue each file's jobs (one, or one per shard) unless one of them is queued or running already.
 
-    One round trip per chunk instead of four per job. Each job goes through RQ's own atomic
-    unique-enqueue script (what ``enqueue_call(unique=True)`` runs), so a file is never queued
-    twice at once even with two dispatchers racing. Returns, per file, whether any job was added.
+    One round trip per chunk: every job hash is RQ's own serialization of one template job
+    (they differ only in their ids: the payloads are apart, see worker.payloads), and one
+    script adds the jobs, their payloads and the files' states atomically, so a file is never
+    queued twice at once even with two dispatchers racing. A job left from an earlier run
+    (finished or failed) is deleted and its file enqueued again. Returns, per file, whether it was added.
     """
-    q = make_queue(redis, queue)
-    payloads = [p for group in files for p in group]
-    jobs = []
-    for p in payloads:
-        job = q.create_job(
-            TASK,
-            args=(p,),
-            job_id=job_id(p),
-            timeout=timeout,
-            # The outcome lives in the batch; RQ keeps the finished job a while only because its
-            # result_ttl=0 path deletes through the job's executions and fails on one whose
-            # worker died (its execution record expired): the file would be done twice.
-            result_ttl=RESULT_TTL,
-            failure_ttl=7 * 24 * 3600,
-            retry=Retry(max=RETRIES),
-            on_failure=Callback(FAILURE_CALLBACK),
-            description=_describe(p),
-        )
-        q._prepare_for_queue(job)
-        jobs.append(job)
-    _clear_finished(redis, [job.id for job in jobs])
-    script = get_unique_enqueue_script(redis)
-    with redis.pipeline(transaction=False) as pipe:
-        for group in files:
-            set_state(pipe, group[0]["batch"], group[0]["input"], FileState.QUEUED)  # the file counts once
-            if group[0].get("shard"):  # a new attempt at a big file starts from no shard done
-                shards.reset(pipe, group[0])
-        first = len(pipe)
-        for job in jobs:
-            ttl = job.ttl if job.ttl is not None else -1
-            script(keys=[job.key, q.key], args=[job.id, "R", ttl, *_build_hset_args(job)], client=pipe)
-        pipe.sadd(q.redis_queues_keys, q.key)
-        results = iter(pipe.execute()[first : first + len(jobs)])
-    added = [any([bool(next(results)) for _ in group]) for group in files]
-    for group, ok in zip(files, added, strict=True):
-        if not ok:  # another dispatcher enqueued it a moment ago: it is not this batch's
-            forget(redis, group[0]["batch"], group[0]["input"])
+    if not files:
+        return []
+    ids = [[job_id(p) for p in group] for group in files]
+    added = _add(redis, queue, files, ids, timeout)
+    refused = [i for i, ok in enumerate(added) if not ok]  # queued or running, or left from an earlier run
+    if refused:
+        stale = _clear_finished(redis, [jid for i in refused for jid in ids[i]])
+        again = [i for i in refused if stale & set(ids[i])]
+        if again:
+            retried = _add(redis, queue, [files[i] for i in again], [ids[i] for i in again], timeout)
+            for i, ok in zip(again, retried, strict=True):
+                added[i] = ok
     return added
+
+
+def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[str]], timeout: int) -> list[bool]:
+    """One run of the chunk script (see _ENQUEUE)."""
+    q = make_queue(redis, queue)
+    first = files[0][0]
+    batch_id = first["batch"]
+    digest, options = payloads.pack_options(first)
+    template = _template(q, timeout)
+    job_keys: list[str] = []
+    args: list[Any] = [q.key, keys.options(digest), options, len(template), *template]
+    for group, group_ids in zip(files, ids, strict=True):
+        if any(group[0][k] != first[k] for k in payloads.OPTION_FIELDS):
+            raise ValueError("one chunk of jobs must share its batch and options")
+        sharded = bool(group[0].get("shard"))
+        args += [group[0]["input"], len(group), int(sharded)]
+        for p, jid in zip(group, group_ids, strict=True):
+            job_keys.append(Job.key_for(jid))
+            args += [jid, payloads.pack_own(p, digest)]
+        if sharded:
+            job_keys.append(keys.shards(shards.group(group[0])))
+    batch_keys = [keys.PAYLOADS, keys.batch_files(batch_id), keys.batch(batch_id), q.redis_queues_keys]
+    return [bool(a) for a in _script(redis)(keys=[q.key, *batch_keys, *job_keys], args=args)]
 
 
 def _chunks(files: list[list[Payload]]) -> Iterator[list[list[Payload]]]:
@@ -201,11 +278,21 @@ def create_batch(redis: Redis, queue: str, source: str, opts: Options) -> Batch:
 def add_files(
     redis: Redis, queue: str, batch: Batch, opts: Options, planned: list[Planned], timeout: int = JOB_TIMEOUT
 ) -> int:
-    """Enqueue, in ``batch``, the files the plan says need scoring; returns how many were enqueued."""
-    planned = mark_already_queued(redis, opts, planned)
+    """Enqueue, in ``batch``, the files the plan says need scoring; returns how many were enqueued.
+
+    A file whose job (any shard's) is waiting or running already, from any batch, is not: its
+    plan says "already queued".
+    """
+    todo = [p for p in planned if p.enqueue]
+    files = [payloads_for(p, opts, batch.id) for p in todo]
+    refused = set()
+    for chunk in _chunks(files):
+        for group, ok in zip(chunk, _enqueue(redis, queue, chunk, timeout), strict=True):
+            if not ok:
+                refused.add(group[0]["input"])
+    planned = [replace(p, reason="already queued") if p.info.uri in refused else p for p in planned]
+    added = len(todo) - len(refused)
     batch.planned += planned
-    todo = [payloads_for(p, opts, batch.id) for p in planned if p.enqueue]
-    added = sum(sum(_enqueue(redis, queue, chunk, timeout)) for chunk in _chunks(todo))
     batch.skipped += len(planned) - added
     batch.enqueued += added
     redis.hset(keys.batch(batch.id), mapping={"enqueued": batch.enqueued, "skipped": batch.skipped})

@@ -18,7 +18,7 @@ from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker import keys
+from worker import keys, payloads
 from worker.batch import counters
 from worker.errors import ConfigError
 from worker.runner import REDIS_GIVE_UP, describe_connection, fail_fast, make_queue
@@ -72,12 +72,14 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[st
 
 
 def workers(redis: Redis, queue: str) -> list[dict[str, Any]]:
-    """The RQ workers alive on ``queue``: name, host, pid, state, the file in hand (its job's description) or None."""
+    """The RQ workers alive on ``queue``: name, host, pid, state, the file in hand or None."""
     out = []
     for w in Worker.all(queue=make_queue(redis, queue), serializer=JSONSerializer):
         job_id = w.get_current_job_id()
-        raw = redis.hget(Job.key_for(job_id), "description") if job_id else None
-        file = raw.decode() if isinstance(raw, bytes) else raw
+        file = payloads.describe(redis, job_id) if job_id else None
+        if job_id and file is None:  # a job naming its payload inline: its description names the file
+            raw = redis.hget(Job.key_for(job_id), "description")
+            file = raw.decode() if isinstance(raw, bytes) else raw
         out.append({"name": w.name, "host": w.hostname, "pid": w.pid, "state": w.get_state(), "file": file})
     return sorted(out, key=lambda w: w["name"])
 

@@ -1,8 +1,9 @@
 """A batch's progress in Redis: each file's state, and counters kept in step with them.
 
 Counters make ``velo status`` O(1) whatever the batch size. A file moves between states
-(queued -> running -> done | failed) through one Lua script, so a job that runs twice
-(at least once delivery) still counts once, and a done file stays done.
+(queued -> running -> done | failed) through one Lua script (dispatcher.enqueue's own script
+sets "queued" by the same rules), so a job that runs twice (at least once delivery) still
+counts once, and a done file stays done.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
-__all__ = ["FileState", "counters", "forget", "set_state"]
+__all__ = ["FileState", "counters", "set_state"]
 
 
 class FileState(str, Enum):
@@ -67,22 +68,6 @@ def _script(redis: Redis | Pipeline) -> Any:
     if id(pool) not in _scripts:
         _scripts[id(pool)] = redis.register_script(_SET_STATE)
     return _scripts[id(pool)]
-
-
-# KEYS: files hash, counters hash. ARGV: file.
-_FORGET = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[2], old, -1)
-redis.call('HINCRBY', KEYS[2], 'total', -1)
-return 1
-"""
-
-
-def forget(redis: Redis, batch_id: str, file: str) -> None:
-    """Take ``file`` out of a batch it was counted in by mistake (its job belongs to another)."""
-    redis.register_script(_FORGET)(keys=[keys.batch_files(batch_id), keys.batch(batch_id)], args=[file])
 
 
 def counters(redis: Redis, batch_id: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The job on the wire: one JSON object per file, checked before anything runs.
 
-RQ carries it with its ``JSONSerializer`` and the task's import path, never a pickle.
+RQ carries the task's import path with its ``JSONSerializer``, never a pickle. A job the
+dispatcher queues names no argument: its payload waits in Redis under the job's id (see
+:mod:`worker.payloads`). A job naming ``score_file(payload)`` (the form before that) still runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from worker.errors import InputError
 
 __all__ = [
     "FAILURE_CALLBACK",
+    "INLINE_TASK",
     "TASK",
     "Payload",
     "Shard",
@@ -24,8 +27,11 @@ __all__ = [
     "validate",
 ]
 
-TASK = "worker.task.score_file"
-"""Import path of the one function a Velosiped job may name."""
+TASK = "worker.task.score"
+"""Import path of the function a queued Velosiped job names, without arguments."""
+
+INLINE_TASK = "worker.task.score_file"
+"""The other function a job may name, with its payload as its one argument."""
 
 FAILURE_CALLBACK = "worker.task.on_job_failure"
 """RQ failure callback: records a file whose job failed for good (e.g. its workers kept dying)."""

@@ -10,6 +10,15 @@ BATCHES = PREFIX + "batches"
 """Sorted set of batch ids, scored by creation time."""
 
 
+PAYLOADS = PREFIX + "payloads"
+"""Hash: RQ job id -> the file's part of the job's payload, until the file's outcome is recorded."""
+
+
+def options(digest: str) -> str:
+    """String: the options a dispatch gave every file, JSON, named by their SHA-256 (see worker.payloads)."""
+    return f"{PREFIX}options:{digest}"
+
+
 def batch(batch_id: str) -> str:
     """Hash of a batch's description and counters (queued, running, done, failed, rows, ...)."""
     return f"{PREFIX}batch:{batch_id}"

@@ -44,9 +44,9 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from worker import logs, metrics, models
+from worker import logs, metrics, models, payloads
 from worker.errors import InputError, redact
-from worker.jobs import FAILURE_CALLBACK, TASK, validate
+from worker.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, validate
 
 __all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
 
@@ -72,13 +72,19 @@ class JobRefused(Exception):
 
 
 def check_job(job: Job) -> None:
-    """Refuse anything but ``score_file(payload)``, whatever was pushed into Redis."""
-    if job.func_name != TASK:
+    """Refuse anything but ``score()`` with a valid payload in Redis, or ``score_file(payload)``,
+    whatever was pushed into Redis."""
+    if job.func_name not in (TASK, INLINE_TASK):
         raise JobRefused(f"job {job.id}: function {job.func_name!r} is not {TASK}; refused")
-    if len(job.args) != 1 or job.kwargs or not isinstance(job.args[0], dict):
-        raise JobRefused(f"job {job.id}: {TASK} takes one JSON object; refused")
     try:
-        validate(job.args[0])
+        if job.func_name == TASK:
+            if job.args or job.kwargs:
+                raise JobRefused(f"job {job.id}: {TASK} takes no arguments; refused")
+            payloads.load(job.connection, job.id)  # None: its outcome is recorded, the job says so
+        else:
+            if len(job.args) != 1 or job.kwargs or not isinstance(job.args[0], dict):
+                raise JobRefused(f"job {job.id}: {INLINE_TASK} takes one JSON object; refused")
+            validate(job.args[0])
     except InputError as e:
         raise JobRefused(f"job {job.id}: {e}; refused") from e
     callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
@@ -105,6 +111,7 @@ class VeloWorker(SimpleWorker):
             check_job(job)
         except JobRefused as e:
             self.log.error("%s", e)
+            payloads.drop(self.connection, job.id)
             job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
             job.retries_left = 0
             execution = self.prepare_execution(job)

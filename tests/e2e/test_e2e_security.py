@@ -1,7 +1,7 @@
 """Security on real processes: hostile jobs pushed straight into Redis, booby-trapped models, Redis AUTH.
 
-A worker runs only `worker.task.score_file(payload)`, reads and writes only under
-`VELO_ALLOWED_PREFIXES`, unpickles models only from `VELO_MODEL_PREFIXES` and only after
+A worker runs only `worker.task.score()` (its payload in Redis) or `worker.task.score_file(payload)`,
+reads and writes only under `VELO_ALLOWED_PREFIXES`, unpickles models only from `VELO_MODEL_PREFIXES` and only after
 `--model-sha256` matched; passwords in Redis URLs never show.
 """
 
@@ -35,9 +35,12 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from worker import payloads
+
 pytestmark = pytest.mark.e2e
 
 TASK = "worker.task.score_file"
+REF_TASK = "worker.task.score"
 
 
 class Boobytrap:
@@ -106,7 +109,7 @@ def test_hostile_jobs_pushed_into_redis_are_refused_and_the_worker_keeps_serving
     templates = Queue("template", connection=conn, serializer=JSONSerializer)
     for source in (allowed / "in", secret, s3.uri("secret/")):
         velo("dispatch", source, "--model", model_path, "--queue", "template", "--redis", clean_redis, check=0)
-    real = {job.args[0]["input"]: job.args[0] for job in templates.get_jobs()}
+    real = {p["input"]: p for p in (payloads.load(conn, job.id) for job in templates.get_jobs())}
     templates.empty()
     assert sorted(real) == sorted([str(inside), str(secret_file), s3.uri("secret/s.csv")]), real
 
@@ -164,13 +167,25 @@ def test_hostile_jobs_pushed_into_redis_are_refused_and_the_worker_keeps_serving
             "VELO_ALLOWED_PREFIXES",
         ),
     }
+    # And the same as jobs naming no argument, their payloads written into Redis where a worker looks
+    by_reference = {
+        "by reference: local input outside": payload(str(secret_file), output=str(allowed / "in" / "stolen.out.csv")),
+        "by reference: s3 ..": payload(
+            s3.uri("secret/s.csv"), input=s3.uri("allowed/../secret/s.csv"), output=s3.uri("allowed/../s.out.csv")
+        ),
+    }
+    mentions = {"by reference: local input outside": "VELO_ALLOWED_PREFIXES", "by reference: s3 ..": ".."}
+    hostile |= {name: (REF_TASK, (), None, mentions[name]) for name in by_reference}
     # And those jobs pushed straight into the queue with RQ's own API (JSON, as Velosiped's are)
     queue = Queue("velo", connection=conn, serializer=JSONSerializer)
     job_ids = {}
     for name, (func, args, kwargs, _) in hostile.items():
-        job = queue.enqueue_call(
-            func, args=args, kwargs=kwargs, job_id="hostile-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)
-        )
+        jid = "hostile-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)
+        if name in by_reference:
+            digest, options, own = payloads.pack(by_reference[name])
+            conn.set(f"velo:options:{digest}", options)
+            conn.hset("velo:payloads", jid, own)
+        job = queue.enqueue_call(func, args=args, kwargs=kwargs, job_id=jid)
         job_ids[name] = job.id
     assert queue.count == len(hostile)
 
@@ -211,7 +226,8 @@ def test_hostile_jobs_pushed_into_redis_are_refused_and_the_worker_keeps_serving
             latest = job.latest_result()
             reason = (latest.exc_string if latest is not None else None) or ""
         else:
-            target = args[0]["input"] if args and isinstance(args[0], dict) else None
+            target = by_reference[name]["input"] if name in by_reference else None
+            target = args[0]["input"] if args and isinstance(args[0], dict) else target
             assert target in batch_failures, f"{name}: neither in RQ's failed registry nor a failed file of its batch"
             reason = batch_failures[target]
         if name in ("os.system", "builtins.eval", "extra field", "wrong type", "two arguments", "keyword argument"):
@@ -302,7 +318,7 @@ def test_model_outside_velo_model_prefixes_is_never_unpickled(clean_redis, velo,
     queue = Queue("velo", connection=conn, serializer=JSONSerializer)
     velo("dispatch", folder, "--model", trap, "--force", "--queue", "template", "--redis", clean_redis, check=0)
     templates = Queue("template", connection=conn, serializer=JSONSerializer)
-    [template] = [job.args[0] for job in templates.get_jobs()]
+    [template] = [payloads.load(conn, job.id) for job in templates.get_jobs()]
     templates.empty()
     sneaky = {**template, "model": dodge, "output": str(folder / "2.out.csv"), "batch": "sneaky"}
     job = queue.enqueue_call(TASK, args=(sneaky,), job_id="sneaky-model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 import pytest
 from rq import Callback
@@ -12,7 +13,7 @@ from dispatcher.enqueue import enqueue_batch, payload_for, retry_failed
 from dispatcher.plan import Options, plan
 from dispatcher.status import describe
 from tests.helpers import csv_bytes, dump_model, fit_model, make_frame
-from worker import models
+from worker import models, payloads
 from worker.runner import VeloWorker, make_queue
 
 
@@ -46,14 +47,57 @@ def test_ten_jobs_on_one_model_load_it_once(redis, folder):
     assert (b["total"], b["done"], b["failed"], b["rows"]) == (10, 10, 0, 300)
 
 
-def test_jobs_travel_as_json(redis, folder):
+def test_jobs_travel_as_json_and_carry_their_payload_apart(redis, folder):
     source, opts = folder
     enqueue_batch(redis, "velo", source, opts, list(plan(source, opts))[:1])
     job_id = redis.lrange("rq:queue:velo", 0, 0)[0].decode()
     raw = redis.hget(f"rq:job:{job_id}", "data")
-    func, _instance, args, _kwargs = json.loads(zlib.decompress(raw))  # RQ compresses, never pickles
-    assert func == "worker.task.score_file"
-    assert args[0]["input"].endswith("0.csv")
+    func, _instance, args, kwargs = json.loads(zlib.decompress(raw))  # RQ compresses, never pickles
+    assert (func, args, kwargs) == ("worker.task.score", [], {})
+    # Every value of the job hash fits a compact Redis hash (hash-max-listpack-value = 64)
+    assert max(len(v) for v in redis.hgetall(f"rq:job:{job_id}").values()) <= 64
+    # The payload waits under the job's id, its shared options once under their digest
+    p = payloads.load(redis, job_id)
+    assert p["input"].endswith("0.csv") and p["output"].endswith("0.out.csv")
+    assert (p["model"], p["model_version"], p["keep"], p["proba"]) == (opts.model, opts.model_version, None, False)
+    assert len(redis.keys("velo:options:*")) == 1
+
+
+def test_a_payload_is_dropped_once_its_file_is_done_or_failed(redis, folder, tmp_path):
+    source, opts = folder
+    (tmp_path / "data" / "1.csv").write_text("id,f0\n1,2\n")  # lacks the model's features: fails
+    batch = enqueue_batch(redis, "velo", source, opts, list(plan(source, opts)))
+    assert redis.hlen("velo:payloads") == 10
+    work(redis)
+    b = describe(redis, batch.id)
+    assert (b["done"], b["failed"]) == (9, 1)
+    assert redis.hlen("velo:payloads") == 0
+    # The failed file can still be retried: its payload was kept with its failure
+    assert retry_failed(redis, batch.id) == (1, [])
+    assert redis.hlen("velo:payloads") == 1
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda r, jid, digest: r.hset("velo:payloads", jid, "not json"),
+        lambda r, jid, digest: r.hset("velo:payloads", jid, json.dumps([digest, "x.csv"])),
+        lambda r, jid, digest: r.set(f"velo:options:{digest}", '{"model": "/elsewhere/evil.joblib"}'),
+    ],
+    ids=["not json", "short", "options not matching their digest"],
+)
+def test_a_tampered_payload_is_refused_and_nothing_is_scored(redis, folder, tamper):
+    source, opts = folder
+    payloads._options.clear()
+    enqueue_batch(redis, "velo", source, opts, list(plan(source, opts))[:1])
+    job_id = redis.lrange("rq:queue:velo", 0, 0)[0].decode()
+    digest = json.loads(redis.hget("velo:payloads", job_id))[0]
+    tamper(redis, job_id, digest)
+    work(redis)
+    q = make_queue(redis, "velo")
+    assert q.failed_job_registry.get_job_ids() == [job_id]
+    assert "refused" in q.fetch_job(job_id).latest_result().exc_string
+    assert not list((Path(source)).glob("*.out.csv*"))
 
 
 def test_redispatch_enqueues_nothing_and_a_queued_file_is_not_enqueued_twice(redis, folder):

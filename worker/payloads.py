@@ -1,0 +1,126 @@
+"""Where a queued job's payload lives: in Redis beside the job, not in it.
+
+A million queued files must fit in a small Redis. RQ's job hash stays compact (a listpack)
+only while each of its values is at most 64 bytes (``hash-max-listpack-value``); a payload
+carrying two URIs is not, and a job that carries it costs ~1.8 KB instead of ~0.5 KB. So a
+job names no argument at all: its payload is found by the job's own id.
+
+- the file's own fields (input and its version, output, shard) are one short JSON array in
+  the hash ``velo:payloads``, field = job id, written with the job and deleted once the
+  file's outcome is recorded;
+- what every file of a batch shares (the batch, the model, its version, output options) is
+  stored once, under its own SHA-256 (``velo:options:<digest>``), so a worker can check
+  what it reads and cache it for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from worker import keys
+from worker.errors import InputError
+from worker.jobs import Payload, validate
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+__all__ = ["OPTION_FIELDS", "describe", "drop", "load", "pack", "pack_options", "pack_own", "unpack"]
+
+OPTION_FIELDS = ("batch", "model", "model_version", "model_sha256", "keep", "proba", "features", "sep", "encoding")
+"""Payload fields every file of a batch has alike, stored once."""
+
+_OWN_FIELDS = ("input", "input_version", "output")
+
+_options: dict[str, dict[str, Any]] = {}
+"""Options read so far, by digest: content-addressed, so never stale."""
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def pack(p: Payload) -> tuple[str, str, str]:
+    """(options digest, options JSON, the file's own JSON) of a payload."""
+    digest, options = pack_options(p)
+    return digest, options, pack_own(p, digest)
+
+
+def pack_options(p: Payload) -> tuple[str, str]:
+    """(digest, JSON) of what the payload shares with every file of its batch."""
+    options = _compact({k: p[k] for k in OPTION_FIELDS})
+    return _digest(options.encode()), options
+
+
+def pack_own(p: Payload, digest: str) -> str:
+    """The file's own fields, with the digest of its options, as stored under its job id."""
+    own: list[Any] = [digest, p["input"], p["input_version"], p["output"]]
+    shard = p.get("shard")
+    if shard:
+        own.append([shard["index"], shard["count"], shard["start"], shard["end"]])
+    return _compact(own)
+
+
+def _digest(options: bytes) -> str:
+    return hashlib.sha256(options).hexdigest()[:16]
+
+
+def unpack(own: bytes | str, options: Any) -> Payload:
+    """The payload from its two stored parts, checked as an inline one is; InputError if it is not one."""
+    fields = _fields(own)
+    if not isinstance(options, dict):
+        raise InputError("job payload: its options are not a JSON object")
+    payload: dict[str, Any] = {**options, **dict(zip(_OWN_FIELDS, fields[1:4], strict=True))}
+    if len(fields) == 5:
+        shard = fields[4]
+        if not isinstance(shard, list) or len(shard) != 4:
+            raise InputError("job payload: shard must be [index, count, start, end]")
+        payload["shard"] = dict(zip(("index", "count", "start", "end"), shard, strict=True))
+    return validate(payload)
+
+
+def _fields(own: bytes | str) -> list[Any]:
+    try:
+        fields = json.loads(own)
+    except ValueError as e:
+        raise InputError(f"job payload is not JSON ({e})") from e
+    if not isinstance(fields, list) or len(fields) not in (4, 5) or not isinstance(fields[0], str):
+        raise InputError("job payload: not [options digest, input, input_version, output(, shard)]")
+    return fields
+
+
+def load(redis: Redis, job_id: str) -> Payload | None:
+    """The payload of queued job ``job_id``; None once its outcome is recorded (it was deleted then)."""
+    own = redis.hget(keys.PAYLOADS, job_id)
+    if own is None:
+        return None
+    digest = _fields(own)[0]
+    if digest not in _options:
+        raw = redis.get(keys.options(digest))
+        if raw is None:
+            raise InputError(f"job payload: its options {digest} are not in Redis")
+        if _digest(raw) != digest:
+            raise InputError(f"job payload: its options do not match their digest {digest}")
+        try:
+            _options[digest] = json.loads(raw)
+        except ValueError as e:
+            raise InputError(f"job payload: its options are not JSON ({e})") from e
+    return unpack(own, _options[digest])
+
+
+def drop(redis: Redis, job_id: str) -> None:
+    """Forget a job's payload: its file's outcome is recorded."""
+    redis.hdel(keys.PAYLOADS, job_id)
+
+
+def describe(redis: Redis, job_id: str) -> str | None:
+    """The file (and shard) a queued or running job scores, for `velo status`; None if unknown."""
+    try:
+        p = load(redis, job_id)
+    except InputError:
+        return None
+    if p is None:
+        return None
+    shard = p.get("shard")
+    return f"{p['input']} (shard {shard['index'] + 1}/{shard['count']})" if shard else p["input"]
