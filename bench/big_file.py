@@ -1,13 +1,15 @@
 """One big file over the fleet: a 2 GB CSV cut into ~256 MB shards, scored by 1 and by 2 worker processes.
 
-    python -m bench.big_file [--size-mb 2000] [--shard-mb 256] [--reps 3] [--no-write]
+    python -m bench.big_file [--size-mb 2000] [--shard-mb 256] [--reps 1] [--full] [--no-write]
 
 Generates one deterministic CSV (`id` + 20 float features `f0..f19` rounded to 6 decimals, the
-shape of bench/bench.py's data) block by block, cached under bench/data/big_file/, and fits
-bench/bench.py's LogisticRegression. Each contender is `velo dispatch FOLDER --shard-size S`
-then `velo worker --burst --processes N` on a private redis-server, the file in a local folder;
-the clock covers both (start-up, planning, scoring, assembly). Contenders run interleaved,
---reps times; the table gives medians. The whole-file run with one process is the baseline.
+shape of bench/bench.py's data; bench.common.big_csv, a few seconds for 2 GB), cached under
+bench/data/big_file/, and fits bench/bench.py's LogisticRegression. Each contender is
+`velo dispatch FOLDER --shard-size S` then `velo worker --burst --processes N` on a private
+redis-server, the file in a local folder; the clock covers both (start-up, planning, scoring,
+assembly). Contenders: the file in shards with 1 and with 2 worker processes, and the whole
+file (one job) with one process, the baseline. They run interleaved, --reps times (default 1,
+~30 s a run at 2 GB; --full: 3); the table gives medians and min-max.
 """
 
 from __future__ import annotations
@@ -29,18 +31,14 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from sklearn.linear_model import LogisticRegression
 
-from bench.common import machine, private_redis, write_section
+from bench.common import big_csv, machine, private_redis, wall_time, write_section
 
 FEATURES = [f"f{i}" for i in range(20)]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MB = 1 << 20
-BLOCK_ROWS = 200_000
-"""Rows generated at a time (about 38 MB of CSV): generating is flat in memory."""
 
 
 @dataclass
@@ -53,24 +51,14 @@ class Contender:
 
 
 def make_file(path: Path, size: int) -> int:
-    """Write (once) a CSV of at least ``size`` bytes, block by block; returns its rows."""
+    """Write (once) a CSV of at least ``size`` bytes (bench.common.big_csv); returns its rows."""
     rows_file = path.with_suffix(".rows")
     if path.exists() and rows_file.exists():
         return int(rows_file.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    rows = 0
-    with open(tmp, "wb") as out:
-        for block in range(10**6):
-            if out.tell() >= size:
-                break
-            rng = np.random.default_rng(block)
-            cols = {"id": pa.array(np.arange(rows, rows + BLOCK_ROWS))}
-            cols |= {f: pa.array(rng.normal(size=BLOCK_ROWS).round(6)) for f in FEATURES}
-            pacsv.write_csv(pa.table(cols), out, pacsv.WriteOptions(include_header=block == 0))
-            rows += BLOCK_ROWS
-    tmp.rename(path)
+    started = time.perf_counter()
+    rows = big_csv(path, size)
     rows_file.write_text(str(rows))
+    print(f"generated {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s", flush=True)
     return rows
 
 
@@ -138,11 +126,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=2000, help="size of the CSV (MiB)")
     ap.add_argument("--shard-mb", type=int, default=256, help="--shard-size of the sharded contenders (MiB)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, help="runs of each contender (default 1; 3 with --full)")
+    ap.add_argument("--full", action="store_true", help="3 reps (about 5 minutes at 2 GB instead of 2)")
     ap.add_argument("--data", default=str(ROOT / "bench" / "data" / "big_file"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write it")
     args = ap.parse_args()
+    if args.reps is None:
+        args.reps = 3 if args.full else 1
 
     data = Path(args.data)
     folder = data / f"{args.size_mb}MB"
@@ -173,7 +164,9 @@ def main() -> None:
     clean(folder)
     assert len(set(digests.values())) == 1, f"outputs differ: {digests}"
     lines = report(contenders, args, rows, size, shards, (load, os.getloadavg()[0]))
+    lines += ["", wall_time()]
     print("\n".join(lines))
+    print(f"bench.big_file: {wall_time()}", flush=True)
     if not args.no_write:
         write_section("One big file", lines, Path(args.out))
 
@@ -192,7 +185,8 @@ def report(
         f"Data: one CSV of {size / 1e9:.2f} GB, {rows:,} rows, `id` + 20 float features; bench/bench.py's "
         f"LogisticRegression. Each run is `velo dispatch` (`--shard-size`; {shards} shards when sharded) then "
         "`velo worker --burst --processes N` on a private redis-server, the file in a local folder; the clock "
-        "covers both. Contenders interleaved; medians; every contender's output has the same SHA-256. "
+        f"covers both. Contenders interleaved, {args.reps} run{'s' if args.reps != 1 else ''} each; medians; every "
+        "contender's output has the same SHA-256. "
         f"Load average (1 min) before and after: {load[0]:.1f}, {load[1]:.1f}.",
         "",
         "| contender | median s | min-max s | rows/s | MB/s in | × baseline | assembly s |",

@@ -1,6 +1,6 @@
 """Big models: a ~600 MB forest served by `velo worker --processes 2`, loaded once, shared, replaced live.
 
-    python -m bench.big_model [--model-mb 600] [--files 4] [--rows 50000] [--reps 2] [--quick]
+    python -m bench.big_model [--model-mb 600] [--files 4] [--rows 50000] [--reps 1] [--quick]
 
 The model is a RandomForestClassifier whose few fully grown trees were fitted on the bench
 features (200,000 rows) and then deep-copied into ``estimators_`` (and ``n_estimators``) until
@@ -51,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.ensemble import RandomForestClassifier
 
 from bench.bench import FEATURES, make_data
-from bench.common import machine, private_redis, write_section
+from bench.common import machine, private_redis, wall_time, write_section
 from worker.models import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,7 +262,7 @@ def main() -> None:
     ap.add_argument("--model-mb", type=int, default=600, help="size of the forest's joblib dump")
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--rows", type=int, default=50_000, help="rows per file")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=1, help="runs (~80 s each at 600 MB); the table gives medians")
     ap.add_argument("--quick", action="store_true", help="smoke run: a 60 MB forest, 4 files x 5,000 rows, 1 rep")
     ap.add_argument("--data", default=str(ROOT / "bench" / "data" / "big_model"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
@@ -334,9 +334,10 @@ def report(reps: list[Rep], info: dict[str, float], size: int, args: argparse.Na
             f"{med(r.load_seconds for r in runs):.2f} | "
             f"{f'{med(r.batch_s for r in runs):.1f}' if snap.batch_s else '-'} |"
         )
-    lines += ["", paragraph(reps, size)]
+    lines += ["", paragraph(reps, size), "", wall_time()]
     write_section("Big models", lines, Path(args.out))
     print("\n".join(lines))
+    print(f"bench.big_model: {wall_time()}", flush=True)
 
 
 def paragraph(reps: list[Rep], size: int) -> str:

@@ -15,9 +15,53 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import redis
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+FEATURES = [f"f{i}" for i in range(20)]
+
+
+def wall_time() -> str:
+    """This benchmark's wall time so far, from its process's start: printed at its end, written under its section."""
+    seconds = time.time() - psutil.Process().create_time()
+    return f"Wall time of this benchmark (data generation and model fitting included): {seconds:.0f} s."
+
+
+def big_csv(path: Path, size: float, block_rows: int = 100_000) -> int:
+    """Write a CSV of at least ``size`` bytes (`id` + ``FEATURES``, 6 decimals, ~190 bytes a row); its rows.
+
+    Fast, as a benchmark's set-up should be: one block of ``block_rows`` rows of normal features
+    is generated and formatted once, then written again and again behind fresh ids (0, 1, 2, ...),
+    each row's line assembled by pyarrow, not by Python. Deterministic; flat in memory. Written
+    under a temporary name and renamed once whole.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).normal(size=(block_rows, len(FEATURES))).round(6)
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(
+        pa.table({f: x[:, j] for j, f in enumerate(FEATURES)}), sink, pacsv.WriteOptions(include_header=False)
+    )
+    text = sink.getvalue()  # the block's lines, each ending with a newline: cut them apart where they end
+    ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("\n")) + 1
+    offsets = pa.py_buffer(np.concatenate([[0], ends]).astype(np.int32))
+    lines = pa.StringArray.from_buffers(len(ends), offsets, text)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = 0
+    with open(tmp, "wb") as out:
+        out.write((",".join(["id", *FEATURES]) + "\n").encode())
+        while out.tell() < size:
+            ids = pc.cast(pa.array(np.arange(rows, rows + block_rows)), pa.string())
+            block = pc.binary_join_element_wise(ids, lines, ",")
+            offsets = np.frombuffer(block.buffers()[1], dtype=np.int32, count=len(block) + 1)
+            out.write(memoryview(block.buffers()[2])[offsets[0] : offsets[-1]])
+            rows += block_rows
+    tmp.rename(path)
+    return rows
 
 
 def machine() -> str:

@@ -27,7 +27,7 @@ import redis
 from rq import Queue
 from sklearn.linear_model import LogisticRegression
 
-from bench.common import machine, private_redis, write_section
+from bench.common import machine, private_redis, wall_time, write_section
 
 BIN = Path(sys.executable).parent
 
@@ -100,8 +100,10 @@ def main() -> None:
         f"A Velosiped job reads, scores and writes a real file and still costs {med(velo) / med(rq_jobs):.2f}x what "
         "RQ's forking worker spends on a job that does nothing.",
     ]
+    lines += ["", wall_time()]
     write_section("Per-job overhead", lines)
     print("\n".join(lines))
+    print(f"bench.overhead: {wall_time()}", flush=True)
 
 
 if __name__ == "__main__":
