@@ -1,13 +1,21 @@
 """Throughput of Velosiped against the bare loops a user could write instead, and against Spark.
 
-    python -m bench.bench [--quick] [--reps 3] [--models logreg,hgb,rf] [--no-s3] [--no-spark]
+    python -m bench.bench [--quick] [--full] [--reps 3] [--models logreg,hgb,rf] [--no-s3] [--no-spark]
 
 Generates a deterministic data set (8 CSV files x 200,000 rows: an integer `id` and 20 float
 features `f0..f19`; --quick: 8 x 20,000) and three models fitted on a DataFrame
 (LogisticRegression, HistGradientBoostingClassifier(max_iter=100),
-RandomForestClassifier(n_estimators=100, max_depth=12)). For each model it runs every
-contender in turn, interleaved, --reps times, and writes medians, min-max and the ratio to the
-baseline (the single-process pandas loop) measured in the same run. Start-up is included.
+RandomForestClassifier(n_estimators=100, max_depth=12)). Each repetition runs every contender
+once for every model, in turn (interleaved), --reps times, and writes medians, min-max and the
+ratio to the baseline (the single-process pandas loop) measured in the same run. Start-up is
+included.
+
+Contenders for every model: the 2-process pyarrow loop (the limit), `velo run --workers 2`
+and PySpark local[2] (one JVM per repetition scores the models in turn). For the
+--baseline-models (default: logreg, the model the targets are set on): the pandas loop and the
+1-process pyarrow loop; for the --fleet-models (default: logreg): `velo worker --processes 1`
+and 2 on Redis, local and S3. --full runs the pandas and 1-process pyarrow loops for every
+model (about 8 more minutes on 2 cores; the default run takes about 7).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -37,7 +46,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from bench.common import machine, private_redis, write_section
+from bench.common import machine, private_redis, wall_time, write_section
 from bench.loops import cached_model
 
 FEATURES = [f"f{i}" for i in range(20)]
@@ -159,15 +168,22 @@ def velo_fleet_on_s3(redis_url: str, s3_env: dict[str, str], processes: int) -> 
     return run
 
 
-def spark_local(paths: list[Path], model_path: Path) -> float | None:
-    """PySpark local[2]: read.csv → mapInPandas(predict) → write.csv, a fresh JVM each time."""
+def spark_local(paths: list[Path], model_paths: dict[str, Path]) -> dict[str, tuple[float, float]]:
+    """PySpark local[2]: read.csv → mapInPandas(predict) → write.csv, one fresh JVM scoring each model in turn.
+
+    Per model: (end to end: the JVM's start-up + the model's load + its job; the job alone).
+    """
     out = paths[0].parent.parent / "spark-out"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.spark_job", str(paths[0].parent), str(model_path), str(out)],
-        check=True, capture_output=True, cwd=ROOT, text=True,
-    )  # fmt: skip
-    lines = [line for line in done.stdout.splitlines() if line.startswith("job seconds: ")]
-    return float(lines[-1].split(": ")[1]) if lines else None
+    cmd = [sys.executable, "-m", "bench.spark_job", str(paths[0].parent), str(out), *map(str, model_paths.values())]
+    done = subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, text=True)
+    shutil.rmtree(out, ignore_errors=True)
+    said = dict(line.rsplit(": ", 1) for line in done.stdout.splitlines() if " seconds" in line)
+    startup = float(said["startup seconds"])
+    return {
+        name: (startup + float(said[f"load seconds {p.stem}"]) + float(said[f"job seconds {p.stem}"]),
+               float(said[f"job seconds {p.stem}"]))
+        for name, p in model_paths.items()
+    }  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -230,8 +246,12 @@ SPARK = "PySpark local[2]"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 files x 20,000 rows")
+    ap.add_argument("--full", action="store_true", help="the pandas and 1-process pyarrow loops for every model")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    ap.add_argument(
+        "--baseline-models", default="logreg", help="models also run by the pandas and 1-process pyarrow loops"
+    )
     ap.add_argument("--fleet-models", default="logreg", help="models also run by `velo worker` 1 and 2 processes")
     ap.add_argument("--no-s3", action="store_true", help="skip the velo worker contenders on Redis + S3")
     ap.add_argument("--no-spark", action="store_true", help="skip PySpark even where it is installed")
@@ -240,31 +260,32 @@ def main() -> None:
     args = ap.parse_args()
     rows = 20_000 if args.quick else 200_000
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.full:
+        args.baseline_models = args.models
     paths, model_paths = make_data(Path(args.data) / f"8x{rows}", 8, rows, models)
     size = sum(p.stat().st_size for p in paths)
     spark = not args.no_spark and _has_pyspark()
     with contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(private_redis())
         fleet = None if args.no_s3 else stack.enter_context(s3_fleet(paths))
-        sections = []
+        plan: dict[str, dict[str, Contender]] = {}
         for name in models:
-            contenders: dict[str, Contender] = {
-                PANDAS: loop("pandas", 1),
-                ARROW: loop("pyarrow", 1),
-                LIMIT: loop("pyarrow", 2),
-                RUN: velo_run(2),
-            }
+            contenders: dict[str, Contender] = {}
+            if name in args.baseline_models.split(","):
+                contenders |= {PANDAS: loop("pandas", 1), ARROW: loop("pyarrow", 1)}
+            contenders |= {LIMIT: loop("pyarrow", 2), RUN: velo_run(2)}
             if name in args.fleet_models.split(","):
                 for n in (1, 2):
                     contenders[LOCAL.format(n)] = velo_fleet_local(redis_url, n)
                 for n in (1, 2) if fleet is not None else ():
                     contenders[S3.format(n)] = velo_fleet_on_s3(*fleet, n)
-            if spark:
-                contenders[SPARK] = spark_local
-            sections.append((name, *measure(contenders, paths, model_paths[name], args.reps, name)))
+            plan[name] = contenders
+        times, scoring = measure(plan, paths, model_paths, args.reps, spark)
+        sections = [(name, times[name], scoring[name]) for name in models]
         stages = breakdown(paths[0], model_paths[models[0]], args.reps)
     clean(paths)
     report(sections, stages, 8 * rows, size, args)
+    print(f"bench.bench: {wall_time()}", flush=True)
 
 
 def _has_pyspark() -> bool:
@@ -279,23 +300,46 @@ Times = dict[str, list[float]]
 
 
 def measure(
-    contenders: dict[str, Contender], paths: list[Path], model: Path, reps: int, label: str
-) -> tuple[Times, Times]:
-    """Wall-clock seconds of each contender, and the seconds after start-up where it reports them."""
-    times: Times = {name: [] for name in contenders}
-    scoring: Times = {name: [] for name in contenders}
+    plan: dict[str, dict[str, Contender]], paths: list[Path], model_paths: dict[str, Path], reps: int, spark: bool
+) -> tuple[dict[str, Times], dict[str, Times]]:
+    """Per model, wall-clock seconds of each contender, and the seconds after start-up where it reports them.
+
+    Each repetition runs every model's contenders, then (with ``spark``) one Spark command for all models.
+    """
+    times: dict[str, Times] = {m: {name: [] for name in contenders} for m, contenders in plan.items()}
+    scoring: dict[str, Times] = {m: {name: [] for name in contenders} for m, contenders in plan.items()}
+    for m in plan if spark else ():
+        times[m][SPARK], scoring[m][SPARK] = [], []
     for rep in range(reps):
-        for name, run in contenders.items():  # interleaved: noise hits every contender alike
+        for m, contenders in plan.items():
+            for name, run in contenders.items():  # interleaved: noise hits every contender alike
+                clean(paths)
+                started, cpu = time.perf_counter(), _children_cpu()
+                result = run(paths, model_paths[m])
+                times[m][name].append(time.perf_counter() - started)
+                cpu = _children_cpu() - cpu
+                inner = result() if callable(result) else result
+                if inner is not None:
+                    scoring[m][name].append(inner)
+                after = f" ({inner:.2f}s after start-up)" if inner is not None else ""
+                print(f"{m} rep {rep + 1}/{reps} {name}: {times[m][name][-1]:.2f}s{after}, cpu {cpu:.1f}s", flush=True)
+        if spark:
             clean(paths)
-            started = time.perf_counter()
-            result = run(paths, model)
-            times[name].append(time.perf_counter() - started)
-            inner = result() if callable(result) else result
-            if inner is not None:
-                scoring[name].append(inner)
-            after = f" ({inner:.2f}s after start-up)" if inner is not None else ""
-            print(f"{label} rep {rep + 1}/{reps} {name}: {times[name][-1]:.2f}s{after}", flush=True)
+            started, cpu = time.perf_counter(), _children_cpu()
+            done = spark_local(paths, {m: model_paths[m] for m in plan})
+            wall, cpu = time.perf_counter() - started, _children_cpu() - cpu
+            for m, (end_to_end, job) in done.items():
+                times[m][SPARK].append(end_to_end)
+                scoring[m][SPARK].append(job)
+                print(f"{m} rep {rep + 1}/{reps} {SPARK}: {end_to_end:.2f}s ({job:.2f}s after start-up)", flush=True)
+            print(f"rep {rep + 1}/{reps} {SPARK} for {len(done)} models: {wall:.2f}s, cpu {cpu:.1f}s", flush=True)
     return times, scoring
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the child processes waited for so far: how busy a contender kept the cores."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def breakdown(path: Path, model_path: Path, reps: int) -> dict[str, float]:
@@ -345,18 +389,34 @@ def _ratio(times: Times, a: str, b: str) -> str:
 def report(
     sections: list[tuple[str, Times, Times]], stages: dict[str, float], total_rows: int, size: int, args
 ) -> None:
-    command = f"python -m bench.bench{' --quick' if args.quick else ''} --reps {args.reps}"
+    command = "python -m bench.bench" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
+    if not args.full and args.baseline_models != "logreg":
+        command += f" --baseline-models {args.baseline_models}"
+    command += f" --reps {args.reps}"
+    everywhere = set(args.baseline_models.split(",")) >= {name for name, _, _ in sections}
     lines = [
         f"{machine()} pandas {pd.__version__}, pyarrow {pa.__version__}, scikit-learn {sklearn.__version__}.",
         "",
         f"Command: `{command}` (part of `make bench`). "
         f"Data: 8 CSV files, {total_rows:,} rows in all ({size / 1e6:.0f} MB), `id` + 20 float features. "
-        "Each contender writes every input column plus `prediction`; contenders run interleaved. "
+        "Each contender writes every input column plus `prediction`; contenders run interleaved (each repetition "
+        f"runs every contender once; {args.reps} repetition{'s' if args.reps != 1 else ''}, medians and min-max). "
         "Every contender is a command of its own, as a user would run it (the bare loops are `bench/loops.py`). "
         "**End to end** is wall-clock from the command's start to its exit: interpreter, imports, model load, "
         "Redis and (Spark) a fresh JVM included. **After start-up** is from the first file started to the last "
         "one done (Velosiped: the batch's own clock in `velo status`; bare loops: their first and last "
-        "file; Spark: its job, after the session is up). Redis for the fleet rows is a private redis-server; "
+        "file; Spark: its job, after the session is up). Spark: one fresh JVM per repetition scores the models "
+        "in turn; a model's end to end is the JVM's start-up (command start to session up) plus the model's load "
+        "and job (the session's shutdown is not counted; models after the first find the JVM warm: both favour "
+        "Spark). "
+        + (
+            ""
+            if everywhere
+            else f"The pandas and 1-process pyarrow loops run for {args.baseline_models} only, the model the "
+            "targets are set on (`--full` runs them for every model, about 8 more minutes); where they did not run, "
+            "the table has no × baseline. "
+        )
+        + "Redis for the fleet rows is a private redis-server; "
         "S3 is moto's S3 server on loopback, one Python process sharing the 2 cores (slower than a real "
         "store). Bare loops load the model once per process and cap BLAS/OpenMP threads at cores / processes, "
         "as Velosiped's workers do.",
@@ -370,7 +430,7 @@ def report(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, times, scoring in sections:
-        base = statistics.median(times[PANDAS])
+        base = statistics.median(times[PANDAS]) if times.get(PANDAS) else None
         lines += [
             "",
             f"### {name}",
@@ -384,7 +444,7 @@ def report(
             after = f"{inner:.2f} | {total_rows / inner:,.0f}" if inner else "- | -"
             lines.append(
                 f"| {contender} | {med:.2f} ({min(ts):.2f}-{max(ts):.2f}) | {total_rows / med:,.0f} "
-                f"| {base / med:.2f} | {after} |"
+                f"| {f'{base / med:.2f}' if base else '-'} | {after} |"
             )
         targets.append(
             f"| {name} | {_ratio(times, RUN, LIMIT)} | {_ratio(scoring, RUN, LIMIT)} | {_ratio(times, RUN, PANDAS)} "
@@ -403,6 +463,8 @@ def report(
         "| stage | seconds | share |",
         "| --- | ---: | ---: |",
         *(f"| {stage} | {sec:.3f} | {sec / total:.0%} |" for stage, sec in stages.items()),
+        "",
+        wall_time(),
     ]
     write_section("Scoring throughput", lines, Path(args.out))
     print("\n".join(lines))

@@ -1,6 +1,11 @@
 """The PySpark job users would otherwise write: read.csv -> mapInPandas(predict) -> write.csv.
 
-python -m bench.spark_job INPUT_DIR MODEL OUTPUT_DIR
+python -m bench.spark_job INPUT_DIR OUTPUT_DIR MODEL [MODEL ...]
+
+One JVM (one SparkSession, local[2]) runs the job once per model, in the order given, each into
+OUTPUT_DIR/<model file's stem>. Prints the start-up (from this process's creation to the session
+up), each model's load and each job's seconds: a model's end to end is the start-up, its load
+and its job.
 """
 
 from __future__ import annotations
@@ -9,34 +14,42 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import joblib
 import pandas as pd
+import psutil
 from pyspark.sql import SparkSession
 from pyspark.sql.types import DoubleType, LongType, StructField, StructType
 
 FEATURES = [f"f{i}" for i in range(20)]
 
 
-def main(source: str, model_path: str, output: str) -> None:
+def main(source: str, output: str, model_paths: list[str]) -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark's Python workers need this venv
     spark = SparkSession.builder.master("local[2]").appName("velo-bench").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    print(f"startup seconds: {time.time() - psutil.Process().create_time():.3f}", flush=True)
     schema = StructType([StructField("id", LongType()), *(StructField(f, DoubleType()) for f in FEATURES)])
     out_schema = StructType([*schema.fields, StructField("prediction", LongType())])
-    model = spark.sparkContext.broadcast(joblib.load(model_path))
+    for model_path in model_paths:
+        name = Path(model_path).stem
+        started = time.perf_counter()
+        model = spark.sparkContext.broadcast(joblib.load(model_path))
+        print(f"load seconds {name}: {time.perf_counter() - started:.3f}", flush=True)
+        started = time.perf_counter()  # after the JVM's start-up and the model's load: the job itself
 
-    def predict(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for df in frames:
-            df["prediction"] = model.value.predict(df[FEATURES]).astype("int64")
-            yield df
+        def predict(frames: Iterator[pd.DataFrame], model=model) -> Iterator[pd.DataFrame]:
+            for df in frames:
+                df["prediction"] = model.value.predict(df[FEATURES]).astype("int64")
+                yield df
 
-    started = time.perf_counter()  # after the JVM's start-up: the job itself
-    df = spark.read.csv(f"{source}/part-*.csv", header=True, schema=schema)
-    df.mapInPandas(predict, out_schema).write.mode("overwrite").csv(output, header=True)
-    print(f"job seconds: {time.perf_counter() - started:.3f}")
+        df = spark.read.csv(f"{source}/part-*.csv", header=True, schema=schema)
+        df.mapInPandas(predict, out_schema).write.mode("overwrite").csv(f"{output}/{name}", header=True)
+        print(f"job seconds {name}: {time.perf_counter() - started:.3f}", flush=True)
+        model.destroy()
     spark.stop()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
