@@ -7,9 +7,10 @@ shape of bench/bench.py's data; bench.common.big_csv, a few seconds for 2 GB), c
 bench/data/big_file/, and fits bench/bench.py's LogisticRegression. Each contender is
 `velo dispatch FOLDER --shard-size S` then `velo worker --burst --processes N` on a private
 redis-server, the file in a local folder; the clock covers both (start-up, planning, scoring,
-assembly). Contenders: the file in shards with 1 and with 2 worker processes, and the whole
-file (one job) with one process, the baseline. They run interleaved, --reps times (default 1,
-~30 s a run at 2 GB; --full: 3); the table gives medians and min-max.
+assembly). Contenders: the file in shards with 1 and with 2 worker processes (the first is the
+baseline); --full adds the whole file (one job) with one process, then the baseline, and makes
+the default --reps 3. They run interleaved, --reps times (default 1, ~30 s a run at 2 GB); the
+table gives medians and min-max.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=2000, help="size of the CSV (MiB)")
     ap.add_argument("--shard-mb", type=int, default=256, help="--shard-size of the sharded contenders (MiB)")
     ap.add_argument("--reps", type=int, help="runs of each contender (default 1; 3 with --full)")
-    ap.add_argument("--full", action="store_true", help="3 reps (about 5 minutes at 2 GB instead of 2)")
+    ap.add_argument("--full", action="store_true", help="also the whole file in one job; 3 reps (~5 min instead of 1)")
     ap.add_argument("--data", default=str(ROOT / "bench" / "data" / "big_file"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write it")
@@ -144,10 +145,11 @@ def main() -> None:
     size = path.stat().st_size
     shards = -(-size // (args.shard_mb * MB))
     contenders = [
-        Contender("whole file, `--processes 1` (baseline)", 0, 1),
-        Contender(f"{args.shard_mb} MB shards, `--processes 1`", args.shard_mb, 1),
+        Contender(f"{args.shard_mb} MB shards, `--processes 1`{'' if args.full else ' (baseline)'}", args.shard_mb, 1),
         Contender(f"{args.shard_mb} MB shards, `--processes 2`", args.shard_mb, 2),
     ]
+    if args.full:
+        contenders.insert(0, Contender("whole file, `--processes 1` (baseline)", 0, 1))
     digests: dict[str, str] = {}
     load = os.getloadavg()[0]  # the cores may be shared: say how busy they were
     with private_redis() as url, tempfile.TemporaryDirectory() as state:
@@ -176,12 +178,16 @@ def report(
 ) -> list[str]:
     base = statistics.median(contenders[0].seconds)
     med = {c.name: statistics.median(c.seconds) for c in contenders}
-    one, two = med[contenders[1].name], med[contenders[2].name]
-    assembly = statistics.median(contenders[2].assembly)
+    sharded = [c for c in contenders if c.shard_mb]
+    whole = contenders[0] if not contenders[0].shard_mb else None
+    one, two = med[sharded[0].name], med[sharded[1].name]
+    assembly = statistics.median(sharded[1].assembly)
     lines = [
         f"{machine()}",
         "",
-        f"Command: `python -m bench.big_file --size-mb {args.size_mb} --shard-mb {args.shard_mb} --reps {args.reps}`. "
+        f"Command: `python -m bench.big_file --size-mb {args.size_mb} --shard-mb {args.shard_mb} --reps {args.reps}"
+        + (" --full" if args.full else "")
+        + "`. "
         f"Data: one CSV of {size / 1e9:.2f} GB, {rows:,} rows, `id` + 20 float features; bench/bench.py's "
         f"LogisticRegression. Each run is `velo dispatch` (`--shard-size`; {shards} shards when sharded) then "
         "`velo worker --burst --processes N` on a private redis-server, the file in a local folder; the clock "
@@ -199,20 +205,27 @@ def report(
         lines.append(
             f"| {c.name} | {m:.1f} | {spread} | {rows / m:,.0f} | {size / 1e6 / m:.0f} | {base / m:.2f} | {assemble} |"
         )
-    one_assembly = statistics.median(contenders[1].assembly)
-    lines += [
-        "",
-        f"Two processes finish the sharded file in {two:.1f} s against {one:.1f} s for one: **{one / two:.2f}x**, "
-        f"and {base / two:.2f}x the whole-file run; without sharding a second process has nothing to do, the file "
-        f"being one job. With one process sharding costs {100 * (one / base - 1):+.0f}%: {one_assembly:.1f} s of "
-        f"the {one - base:.1f} s is the local assembly, which writes the {size / 1e9:.1f} GB output a second time "
-        "(disk-bound, by one process while the other idles); the rest is "
-        f"{shards} jobs instead of one, and shard ranges read through Python where a whole local file is read by "
-        f"pyarrow's own reader. Without the serial assembly two processes take {two - assembly:.1f} s against "
+    one_assembly = statistics.median(sharded[0].assembly)
+    text = (
+        f"Two processes finish the sharded file in {two:.1f} s against {one:.1f} s for one: **{one / two:.2f}x**"
+        + (
+            f", and {base / two:.2f}x the whole-file run; without sharding a second process has nothing to do, the "
+            f"file being one job. With one process sharding costs {100 * (one / base - 1):+.0f}%: "
+            f"{one_assembly:.1f} s of the {one - base:.1f} s is the local assembly, which writes the "
+            f"{size / 1e9:.1f} GB output a second time (disk-bound, by one process while the other idles); the rest is "
+            f"{shards} jobs instead of one, and shard ranges read through Python where a whole local file is read by "
+            "pyarrow's own reader."
+            if whole
+            else f" (without sharding the file is one job and a second process has nothing to do; `--full` measures "
+            f"that run too). {one_assembly:.1f} s of the one-process run is the local assembly, which writes the "
+            f"{size / 1e9:.1f} GB output a second time (disk-bound, by one process while the other idles)."
+        )
+        + f" Without the serial assembly two processes take {two - assembly:.1f} s against "
         f"{one - one_assembly:.1f} s: {(one - one_assembly) / (two - assembly):.2f}x on {os.cpu_count()} cores "
         "shared with Redis, the OS and the disk. On S3 the assembly is UploadPartCopy: S3 copies the parts, no "
-        "byte passes through a worker.",
-    ]
+        "byte passes through a worker."
+    )
+    lines += ["", text]
     return lines
 
 
