@@ -390,7 +390,7 @@ def paragraph(results: dict[Case, list[Run]], parts: int, ahead: float) -> list[
     peak = {c: med(r.peak for r in runs) / MB for c, runs in results.items()}
     speed = {c: med(r.job for r in runs) for c, runs in results.items()}
     quarters = results[whole][-1].quarter_peaks()
-    flat = peak[whole] < peak[small] + 50 and (quarters is None or quarters[1] < quarters[0] + 50)
+    flat = peak[whole] < peak[small] + 50 and (quarters is None or quarters[1] < quarters[0] + 50 * MB)
     big_label, small_label = label(whole.size or 0), label(small.size or 0)
     text = [
         f"{'Memory does not grow with the file' if flat else 'Memory grows with the file'}: streaming the "
