@@ -67,16 +67,17 @@ def make_data(folder: Path, files: int, rows: int, models: list[str]) -> tuple[l
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
     paths = [data / f"part-{i:02}.csv" for i in range(files)]
-    for i, path in enumerate(paths):
-        if path.exists():
-            continue
-        rng = np.random.default_rng(i)
-        cols = {"id": pa.array(np.arange(i * rows, (i + 1) * rows))}
-        cols |= {f: pa.array(rng.normal(size=rows).round(6)) for f in FEATURES}
-        pacsv.write_csv(pa.table(cols), path)
     model_paths = {name: folder / f"{name}.joblib" for name in models}
     with ProcessPoolExecutor(1) as pool:  # fitting starts OpenMP, which a later fork of this process would inherit
-        list(pool.map(fit, [(n, p) for n, p in model_paths.items() if not p.exists()]))
+        fitted = pool.map(fit, [(n, p) for n, p in model_paths.items() if not p.exists()])  # while the data is written
+        for i, path in enumerate(paths):
+            if path.exists():
+                continue
+            rng = np.random.default_rng(i)
+            cols = {"id": pa.array(np.arange(i * rows, (i + 1) * rows))}
+            cols |= {f: pa.array(rng.normal(size=rows).round(6)) for f in FEATURES}
+            pacsv.write_csv(pa.table(cols), path)
+        list(fitted)
     return paths, model_paths
 
 
@@ -390,6 +391,8 @@ def report(
     sections: list[tuple[str, Times, Times]], stages: dict[str, float], total_rows: int, size: int, args
 ) -> None:
     command = "python -m bench.bench" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
+    if args.models != ",".join(MODELS):
+        command += f" --models {args.models}"
     if not args.full and args.baseline_models != "logreg":
         command += f" --baseline-models {args.baseline_models}"
     command += f" --reps {args.reps}"
@@ -405,10 +408,21 @@ def report(
         "**End to end** is wall-clock from the command's start to its exit: interpreter, imports, model load, "
         "Redis and (Spark) a fresh JVM included. **After start-up** is from the first file started to the last "
         "one done (Velosiped: the batch's own clock in `velo status`; bare loops: their first and last "
-        "file; Spark: its job, after the session is up). Spark: one fresh JVM per repetition scores the models "
-        "in turn; a model's end to end is the JVM's start-up (command start to session up) plus the model's load "
-        "and job (the session's shutdown is not counted; models after the first find the JVM warm: both favour "
-        "Spark). "
+        "file; Spark: its job, after the session is up). "
+        + (
+            "Spark: one fresh JVM per repetition scores the models in turn; a model's end to end is the JVM's "
+            "start-up (command start to session up) plus the model's load and job (the session's shutdown is not "
+            "counted; models after the first find the JVM warm: both favour Spark). "
+            if len(sections) > 1
+            else "Spark: a fresh JVM per repetition; end to end is its start-up (command start to session up) plus "
+            "the model's load and job (the session's shutdown is not counted, which favours Spark). "
+        )
+        + (
+            ""
+            if set(MODELS) <= {name for name, _, _ in sections}
+            else f"Models: {', '.join(name for name, _, _ in sections)} (`--models`; `make bench FULL=1` runs "
+            f"{', '.join(MODELS)}). "
+        )
         + (
             ""
             if everywhere
