@@ -35,13 +35,19 @@ test: $(BIN)/velo  ## Run the unit and end-to-end tests
 	$(BIN)/pytest -q
 
 .PHONY: bench
-bench: $(BIN)/velo  ## Benchmarks (about 45 minutes on 2 cores; bench.big_file and bench.memory write 2 and 6.5 GB of CSV once); results in docs/BENCHMARKS.md
-	$(BIN)/python -m bench.bench --reps 3
-	$(BIN)/python -m bench.dispatch_scale --files 100000 --reps 3 --million
-	$(BIN)/python -m bench.overhead --files 1000 --reps 3
-	$(BIN)/python -m bench.big_file --size-mb 2000 --shard-mb 256 --reps 3
-	$(BIN)/python -m bench.memory --size-gb 5 --s3-gb 1 --reps 2 --big-reps 1
-	$(BIN)/python -m bench.big_model --model-mb 600 --reps 2
+bench: $(BIN)/velo  ## Benchmarks, about 16 min on 2 cores from a fresh clone (FULL=1: every case, ~40 min); results in docs/BENCHMARKS.md
+	@start=$$(date +%s); set -e; \
+	for step in "bench.bench --reps 3 $(if $(FULL),--full,--models logreg)" \
+	            "bench.dispatch_scale --files 100000 --reps 3 --million" \
+	            "bench.overhead --files 1000 $(if $(FULL),--full)" \
+	            "bench.big_file --size-mb 2000 --shard-mb 256 $(if $(FULL),--full)" \
+	            "bench.memory --size-gb 5 --s3-gb $(if $(FULL),1 --full,0.5)" \
+	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)"; do \
+	  echo "$(BIN)/python -m $$step"; s=$$(date +%s); \
+	  $(BIN)/python -m $$step; \
+	  echo "make bench: $$step: $$(( $$(date +%s) - s )) s"; \
+	done; \
+	echo "make bench: $$(( $$(date +%s) - start )) s in all (bench/data/ keeps ~9 GB of generated data for next time)"
 
 .PHONY: lint
 lint: $(BIN)/velo  ## ruff check and format check

@@ -15,7 +15,9 @@ and PySpark local[2] (one JVM per repetition scores the models in turn). For the
 --baseline-models (default: logreg, the model the targets are set on): the pandas loop and the
 1-process pyarrow loop; for the --fleet-models (default: logreg): `velo worker --processes 1`
 and 2 on Redis, local and S3. --full runs the pandas and 1-process pyarrow loops for every
-model (about 8 more minutes on 2 cores; the default run takes about 7).
+model. On 2 cores, from a fresh clone (data, models and the S3 upload take ~12 s): about 8
+minutes with --models logreg (what `make bench` runs), 13 with the three models, 20 with --full
+(what `make bench FULL=1` runs).
 """
 
 from __future__ import annotations
@@ -333,7 +335,7 @@ def measure(
                 times[m][SPARK].append(end_to_end)
                 scoring[m][SPARK].append(job)
                 print(f"{m} rep {rep + 1}/{reps} {SPARK}: {end_to_end:.2f}s ({job:.2f}s after start-up)", flush=True)
-            print(f"rep {rep + 1}/{reps} {SPARK} for {len(done)} models: {wall:.2f}s, cpu {cpu:.1f}s", flush=True)
+            print(f"rep {rep + 1}/{reps} {SPARK} for {len(done)} model(s): {wall:.2f}s, cpu {cpu:.1f}s", flush=True)
     return times, scoring
 
 
@@ -427,7 +429,7 @@ def report(
             ""
             if everywhere
             else f"The pandas and 1-process pyarrow loops run for {args.baseline_models} only, the model the "
-            "targets are set on (`--full` runs them for every model, about 8 more minutes); where they did not run, "
+            "targets are set on (`--full` runs them for every model, about 7 more minutes); where they did not run, "
             "the table has no × baseline. "
         )
         + "Redis for the fleet rows is a private redis-server; "
