@@ -44,7 +44,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from worker import logs, metrics, models, payloads
+from worker import logs, metrics, models, payloads, storage
 from worker.errors import InputError, redact
 from worker.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, validate
 
@@ -233,6 +233,7 @@ def fork_workers(url: str, queue: str, n: int, log_path: str) -> list[multiproce
 
     Children share what this process has loaded (imports, a preloaded model) copy-on-write.
     """
+    storage.preload()
     gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path, n), daemon=False) for _ in range(n)]
@@ -278,6 +279,7 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
     model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
     """
     share_cores(processes)
+    storage.preload()  # not in the first job; before forking, once for every worker
     if processes <= 1:
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")

@@ -230,6 +230,13 @@ def head(uri: str) -> ObjectInfo | None:
     return _local_info(uri) if os.path.isfile(uri) else None
 
 
+def preload() -> None:
+    """Import now what reading and writing files needs (smart_open, and boto3 with it): a worker
+    does it before its first job, a pool once before forking (its workers share the modules)."""
+    import boto3  # noqa: F401
+    import smart_open  # noqa: F401
+
+
 def open_read(uri: str) -> IO[bytes]:
     """A streaming binary reader, decompressed by extension (``.gz``); memory does not grow with size."""
     import smart_open  # here, like boto3: commands that read no file start faster
