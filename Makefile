@@ -37,7 +37,7 @@ test: $(BIN)/velo  ## Run the unit and end-to-end tests
 .PHONY: bench
 bench: $(BIN)/velo  ## Benchmarks, about 16 min on 2 cores from a fresh clone (FULL=1: every case, ~40 min); results in docs/BENCHMARKS.md
 	@start=$$(date +%s); set -e; \
-	for step in "bench.bench --reps 3 $(if $(FULL),--full,--models logreg)" \
+	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
 	            "bench.dispatch_scale --files 100000 --reps 3 --million" \
 	            "bench.overhead --files 1000 $(if $(FULL),--full)" \
 	            "bench.big_file --size-mb 2000 --shard-mb 256 $(if $(FULL),--full)" \

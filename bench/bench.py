@@ -16,7 +16,7 @@ and PySpark local[2] (one JVM per repetition scores the models in turn). For the
 1-process pyarrow loop; for the --fleet-models (default: logreg): `velo worker --processes 1`
 and 2 on Redis, local and S3. --full runs the pandas and 1-process pyarrow loops for every
 model. On 2 cores, from a fresh clone (data, models and the S3 upload take ~12 s): about 8
-minutes with --models logreg (what `make bench` runs), 13 with the three models, 20 with --full
+minutes with --models logreg, 13 with the three models (what `make bench` runs), 20 with --full
 (what `make bench FULL=1` runs).
 """
 
