@@ -35,7 +35,7 @@ test: $(BIN)/velo  ## Run the unit and end-to-end tests
 	$(BIN)/pytest -q
 
 .PHONY: bench
-bench: $(BIN)/velo  ## Benchmarks, about 16 min on 2 cores from a fresh clone (FULL=1: every case, ~40 min); results in docs/BENCHMARKS.md
+bench: $(BIN)/velo  ## Benchmarks, about 21 min on 2 cores from a fresh clone (FULL=1: every case, ~45 min); results in docs/BENCHMARKS.md
 	@start=$$(date +%s); set -e; \
 	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
 	            "bench.dispatch_scale --files 100000 --reps 3 --million" \
