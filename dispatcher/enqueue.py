@@ -13,7 +13,8 @@ from rq import Callback, Retry
 from rq.job import Job, JobStatus
 from rq.scripts import _build_hset_args  # pinned rq 3.0
 
-from worker import keys, payloads, shards, storage
+from worker import keys, lua, payloads, shards, storage
+from worker.batch import STATE_LUA
 from worker.errors import InputError
 from worker.jobs import FAILURE_CALLBACK, TASK, Payload, job_id
 from worker.runner import make_queue
@@ -117,19 +118,21 @@ def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
 
 # Enqueue a chunk of files at once, each file's jobs only if none of them is there already (the
 # check RQ's own unique-enqueue script makes for one job, here for a file's shards together),
-# with the file's payloads and its state in the batch, atomically.
-# KEYS: queue list, payloads hash, batch files hash, batch counters hash, RQ's set of queues,
+# with the file's payloads and its state in the batch (worker.batch's own rule), atomically.
+# KEYS: queue list, payloads hash, batch files, counters and errors hashes, RQ's set of queues,
 #   then per file: its jobs' keys, and its shards' progress key if it is sharded.
-# ARGV: queue key, options key, options JSON, n = length of the job hash template, the template
-#   (field, value, ...: RQ's own serialization of the job, the same for every job of a chunk),
-#   then per file: its URI, its job count, 1 if sharded else 0, then (job id, payload) per job.
+# ARGV: queue key, options key, options JSON, now, n = length of the job hash template, the
+#   template (field, value, ...: RQ's own serialization of the job, the same for every job of a
+#   chunk), then per file: its URI, its job count, 1 if sharded else 0, then (job id, payload) per job.
 # Returns per file 1 if its jobs were added, 0 if one of them was there already.
-_ENQUEUE = """
+_ENQUEUE = (
+    STATE_LUA
+    + """
 redis.call('SET', ARGV[2], ARGV[3])
-local n = tonumber(ARGV[4])
-local template = {unpack(ARGV, 5, 4 + n)}
-local a, k = 5 + n, 6
-local added, total, queued = {}, 0, 0
+local n = tonumber(ARGV[5])
+local template = {unpack(ARGV, 6, 5 + n)}
+local a, k = 6 + n, 7
+local added = {}
 while a <= #ARGV do
   local file, jobs, sharded = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
   local free = true
@@ -144,32 +147,16 @@ while a <= #ARGV do
       redis.call('RPUSH', KEYS[1], id)
     end
     if sharded then redis.call('DEL', KEYS[k + jobs]) end -- a new attempt starts from no shard done
-    local old = redis.call('HGET', KEYS[3], file)
-    if old ~= 'queued' and old ~= 'done' then
-      redis.call('HSET', KEYS[3], file, 'queued')
-      if old then redis.call('HINCRBY', KEYS[4], old, -1) else total = total + 1 end
-      queued = queued + 1
-    end
+    set_state(KEYS[3], KEYS[4], KEYS[5], file, 'queued', 0, '', ARGV[4])
   end
   added[#added + 1] = free and 1 or 0
   k = k + jobs + (sharded and 1 or 0)
   a = a + 3 + 2 * jobs
 end
-if total > 0 then redis.call('HINCRBY', KEYS[4], 'total', total) end
-if queued > 0 then redis.call('HINCRBY', KEYS[4], 'queued', queued) end
-redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('SADD', KEYS[6], ARGV[1])
 return added
 """
-
-_scripts: dict[int, Any] = {}
-
-
-def _script(redis: Redis) -> Any:
-    """The chunk script, registered once per connection pool."""
-    pool = redis.connection_pool
-    if id(pool) not in _scripts:
-        _scripts[id(pool)] = redis.register_script(_ENQUEUE)
-    return _scripts[id(pool)]
+)
 
 
 def _template(q: Queue, timeout: int) -> list[Any]:
@@ -227,7 +214,7 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
     digest, options = payloads.pack_options(first)
     template = _template(q, timeout)
     job_keys: list[str] = []
-    args: list[Any] = [q.key, keys.options(digest), options, len(template), *template]
+    args: list[Any] = [q.key, keys.options(digest), options, f"{time.time():.3f}", len(template), *template]
     for group, group_ids in zip(files, ids, strict=True):
         if any(group[0][k] != first[k] for k in payloads.OPTION_FIELDS):
             raise ValueError("one chunk of jobs must share its batch and options")
@@ -238,8 +225,9 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
             args += [jid, payloads.pack_own(p, digest)]
         if sharded:
             job_keys.append(keys.shards(shards.group(group[0])))
-    batch_keys = [keys.PAYLOADS, keys.batch_files(batch_id), keys.batch(batch_id), q.redis_queues_keys]
-    return [bool(a) for a in _script(redis)(keys=[q.key, *batch_keys, *job_keys], args=args)]
+    batch_keys = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]
+    all_keys = [q.key, keys.PAYLOADS, *batch_keys, q.redis_queues_keys, *job_keys]
+    return [bool(a) for a in lua.script(redis, _ENQUEUE)(keys=all_keys, args=args)]
 
 
 def _chunks(files: list[list[Payload]]) -> Iterator[list[list[Payload]]]:

@@ -1,9 +1,9 @@
 """A batch's progress in Redis: each file's state, and counters kept in step with them.
 
 Counters make ``velo status`` O(1) whatever the batch size. A file moves between states
-(queued -> running -> done | failed) through one Lua script (dispatcher.enqueue's own script
-sets "queued" by the same rules), so a job that runs twice (at least once delivery) still
-counts once, and a done file stays done.
+(queued -> running -> done | failed) through one Lua function (``STATE_LUA``, which the
+dispatcher's enqueue script includes too), so a job that runs twice (at least once delivery)
+still counts once, and a done file stays done.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from worker import keys
+from worker import keys, lua
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
-__all__ = ["FileState", "counters", "set_state"]
+__all__ = ["STATE_LUA", "FileState", "counters", "set_state"]
 
 
 class FileState(str, Enum):
@@ -28,26 +28,33 @@ class FileState(str, Enum):
     FAILED = "failed"
 
 
-# KEYS: files hash, counters hash, errors hash. ARGV: file, new state, rows, error, now.
-_SET_STATE = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old == ARGV[2] then return 0 end
-if old == 'done' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if old then redis.call('HINCRBY', KEYS[2], old, -1) else redis.call('HINCRBY', KEYS[2], 'total', 1) end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-if ARGV[2] == 'done' then
-  redis.call('HINCRBY', KEYS[2], 'rows', ARGV[3])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-elseif ARGV[2] == 'failed' then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+STATE_LUA = """
+local function set_state(files, counters, errors, file, state, rows, err, now)
+  local old = redis.call('HGET', files, file)
+  if old == state then return 0 end
+  if old == 'done' then return 0 end
+  redis.call('HSET', files, file, state)
+  if old then redis.call('HINCRBY', counters, old, -1) else redis.call('HINCRBY', counters, 'total', 1) end
+  redis.call('HINCRBY', counters, state, 1)
+  if state == 'done' then
+    redis.call('HINCRBY', counters, 'rows', rows)
+    redis.call('HDEL', errors, file)
+  elseif state == 'failed' then
+    redis.call('HSET', errors, file, err)
+  end
+  if state == 'running' and not redis.call('HGET', counters, 'started_at') then
+    redis.call('HSET', counters, 'started_at', now)
+  end
+  if state == 'done' or state == 'failed' then redis.call('HSET', counters, 'updated_at', now) end
+  return 1
 end
-if ARGV[2] == 'running' and not redis.call('HGET', KEYS[2], 'started_at') then
-  redis.call('HSET', KEYS[2], 'started_at', ARGV[5])
-end
-if ARGV[2] == 'done' or ARGV[2] == 'failed' then redis.call('HSET', KEYS[2], 'updated_at', ARGV[5]) end
-return 1
 """
+"""The one rule moving a file between states (a Lua function other scripts include, as
+dispatcher.enqueue's does): files hash, counters hash, errors hash; file, new state, rows,
+error, now. Returns 1 if the file moved, 0 if it was there already or is done."""
+
+# KEYS: files hash, counters hash, errors hash. ARGV: file, new state, rows, error, now.
+_SET_STATE = STATE_LUA + "return set_state(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV))"
 
 
 def set_state(
@@ -55,19 +62,8 @@ def set_state(
 ) -> bool:
     """Move ``file`` to ``state`` in its batch; False when it was there already (in a pipeline: queued)."""
     keys_ = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]
-    result = _script(redis)(keys=keys_, args=[file, state.value, rows, error, f"{time.time():.3f}"], client=redis)
-    return bool(result)
-
-
-_scripts: dict[int, Any] = {}
-
-
-def _script(redis: Redis | Pipeline) -> Any:
-    """The state script, registered once per connection pool (not once per call)."""
-    pool = redis.connection_pool
-    if id(pool) not in _scripts:
-        _scripts[id(pool)] = redis.register_script(_SET_STATE)
-    return _scripts[id(pool)]
+    args = [file, state.value, rows, error, f"{time.time():.3f}"]
+    return bool(lua.script(redis, _SET_STATE)(keys=keys_, args=args, client=redis))
 
 
 def counters(redis: Redis, batch_id: str) -> dict[str, Any]:

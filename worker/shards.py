@@ -25,7 +25,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
-from worker import keys, storage
+from worker import keys, lua, storage
 from worker.batch import FileState, set_state
 from worker.errors import ConfigError, InputError, TransientError, VeloError
 from worker.jobs import Payload, error_uri, job_id, lineage
@@ -264,12 +264,12 @@ def _record(redis: Redis, p: Payload, rows: int) -> str:
     """Add this shard's rows; 'assemble' when it completed the set, else 'wait', 'failed' or 'assembled'."""
     s = p["shard"]
     args = [s["index"], rows, s["count"], STATE_TTL]
-    verdict = redis.register_script(_RECORD)(keys=[keys.shards(group(p))], args=args)
+    verdict = lua.script(redis, _RECORD)(keys=[keys.shards(group(p))], args=args)
     return verdict.decode() if isinstance(verdict, bytes) else str(verdict)
 
 
 def _outcome(redis: Redis, p: Payload, outcome: str, value: str | int) -> bool:
-    script = redis.register_script(_OUTCOME)
+    script = lua.script(redis, _OUTCOME)
     return bool(script(keys=[keys.shards(group(p))], args=[outcome, value, STATE_TTL]))
 
 
