@@ -17,16 +17,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from worker import keys
 from worker.errors import InputError
-from worker.jobs import Payload, validate
+from worker.jobs import INLINE_TASK, Payload, validate
 
 if TYPE_CHECKING:
     from redis import Redis
+    from rq.job import Job
 
-__all__ = ["OPTION_FIELDS", "describe", "drop", "load", "pack", "pack_options", "pack_own", "unpack"]
+__all__ = [
+    "OPTION_FIELDS",
+    "describe",
+    "drop",
+    "for_job",
+    "load",
+    "of_job",
+    "pack",
+    "pack_options",
+    "pack_own",
+    "remember",
+    "unpack",
+]
 
 OPTION_FIELDS = ("batch", "model", "model_version", "model_sha256", "keep", "proba", "features", "sep", "encoding")
 """Payload fields every file of a batch has alike, stored once."""
@@ -107,6 +121,30 @@ def load(redis: Redis, job_id: str) -> Payload | None:
         except ValueError as e:
             raise InputError(f"job payload: its options are not JSON ({e})") from e
     return unpack(own, _options[digest])
+
+
+def of_job(job: Job, redis: Redis) -> Payload | None:
+    """The payload ``job`` scores, whichever its form (inline argument, or in Redis under its id);
+    None once its outcome is recorded; InputError if it is not a valid one."""
+    if job.func_name == INLINE_TASK:
+        return validate(job.args[0] if len(job.args) == 1 else None)
+    return load(redis, job.id)
+
+
+_checked: ContextVar[tuple[str, Payload | None]] = ContextVar("velo_checked_payload")
+
+
+def remember(job_id: str, payload: Payload | None) -> None:
+    """Keep the payload the worker just read and checked for the job it runs next."""
+    _checked.set((job_id, payload))
+
+
+def for_job(redis: Redis, job_id: str) -> Payload | None:
+    """The running job's payload: as the worker checked it (one Redis read a job, not two), else read."""
+    checked = _checked.get(None)
+    if checked is not None and checked[0] == job_id:
+        return checked[1]
+    return load(redis, job_id)
 
 
 def drop(redis: Redis, job_id: str) -> None:

@@ -46,7 +46,7 @@ from rq.worker_pool import WorkerPool
 
 from worker import logs, metrics, models, payloads, storage
 from worker.errors import InputError, redact
-from worker.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, validate
+from worker.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, Payload
 
 __all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
 
@@ -71,25 +71,23 @@ class JobRefused(Exception):
     """A job in the queue that is not a Velosiped scoring job: never imported, never run."""
 
 
-def check_job(job: Job) -> None:
+def check_job(job: Job) -> Payload | None:
     """Refuse anything but ``score()`` with a valid payload in Redis, or ``score_file(payload)``,
-    whatever was pushed into Redis."""
+    whatever was pushed into Redis; the payload (None: its outcome is recorded, the job says so)."""
     if job.func_name not in (TASK, INLINE_TASK):
         raise JobRefused(f"job {job.id}: function {job.func_name!r} is not {TASK}; refused")
+    if job.func_name == TASK and (job.args or job.kwargs):
+        raise JobRefused(f"job {job.id}: {TASK} takes no arguments; refused")
+    if job.func_name == INLINE_TASK and (len(job.args) != 1 or job.kwargs or not isinstance(job.args[0], dict)):
+        raise JobRefused(f"job {job.id}: {INLINE_TASK} takes one JSON object; refused")
     try:
-        if job.func_name == TASK:
-            if job.args or job.kwargs:
-                raise JobRefused(f"job {job.id}: {TASK} takes no arguments; refused")
-            payloads.load(job.connection, job.id)  # None: its outcome is recorded, the job says so
-        else:
-            if len(job.args) != 1 or job.kwargs or not isinstance(job.args[0], dict):
-                raise JobRefused(f"job {job.id}: {INLINE_TASK} takes one JSON object; refused")
-            validate(job.args[0])
+        payload = payloads.of_job(job, job.connection)
     except InputError as e:
         raise JobRefused(f"job {job.id}: {e}; refused") from e
     callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
     if any(c not in (None, FAILURE_CALLBACK) for c in callbacks):
         raise JobRefused(f"job {job.id}: callbacks other than {FAILURE_CALLBACK}; refused")
+    return payload
 
 
 class VeloWorker(SimpleWorker):
@@ -108,7 +106,7 @@ class VeloWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
-            check_job(job)
+            payloads.remember(job.id, check_job(job))
         except JobRefused as e:
             self.log.error("%s", e)
             payloads.drop(self.connection, job.id)

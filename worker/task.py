@@ -18,10 +18,10 @@ from rq.timeouts import JobTimeoutException
 from worker import keys, metrics, models, payloads, shards, storage
 from worker.batch import FileState, set_state
 from worker.errors import ConfigError, InputError, TransientError, VeloError
-from worker.jobs import INLINE_TASK, Payload, error_uri, lineage, payload_params, validate
+from worker.jobs import Payload, error_uri, lineage, payload_params, validate
 from worker.scoring import Dialect, is_parquet, score_stream
 
-__all__ = ["ALLOWED_PREFIXES_ENV", "job_payload", "on_job_failure", "score", "score_file"]
+__all__ = ["ALLOWED_PREFIXES_ENV", "on_job_failure", "score", "score_file"]
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +34,13 @@ def score() -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("worker.task.score runs only as an RQ job")
-    p = payloads.load(job.connection, job.id)
+    p = payloads.for_job(job.connection, job.id)
     if p is None:  # an earlier run of this job recorded the file's outcome and dropped the payload
         log.info("job %s: its file's outcome is recorded already; nothing to do", job.id)
         return {"rows": 0, "settled": True}
     result = score_file(p)
     payloads.drop(job.connection, job.id)  # the outcome is recorded: done, failed or settled
     return result
-
-
-def job_payload(job: Job, connection: Any) -> Payload | None:
-    """The payload a job scores, whichever form it has; None if its payload is gone or is none."""
-    try:
-        if job.func_name == INLINE_TASK:
-            return validate(job.args[0] if len(job.args) == 1 else None)
-        return payloads.load(connection, job.id)
-    except InputError:
-        return None
 
 
 def score_file(payload: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +103,10 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
     """
     if job.retries_left:
         return  # RQ will run it again
-    p = job_payload(job, connection)
+    try:
+        p = payloads.of_job(job, connection)
+    except InputError:
+        return
     if p is None:
         return
     if exc_type is AbandonedJobError:

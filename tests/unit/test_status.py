@@ -10,8 +10,12 @@ import pytest
 from rich.console import Console
 
 from dispatcher import status
-from worker import keys
+from dispatcher.enqueue import enqueue_batch
+from dispatcher.plan import Options, Planned
+from tests.helpers import dump_model, fit_model
+from worker import keys, models
 from worker.runner import VeloWorker, make_queue
+from worker.storage import ObjectInfo
 
 
 def batch(redis, batch_id: str, **counters) -> None:
@@ -50,6 +54,27 @@ def test_workers_alive_on_the_queue_with_their_state(redis):
     found = status.workers(redis, "velo")
     assert [(w["name"], w["state"], w["file"]) for w in found] == [("w1", "idle", None), ("w2", "busy", None)]
     assert all(w["pid"] and w["host"] for w in found)
+
+
+def test_a_busy_worker_shows_the_file_and_shard_in_hand(redis, tmp_path):
+    # Given a small file and a file in two shards, queued
+    model = dump_model(fit_model(), tmp_path / "m.joblib")
+    opts = Options(model=str(model), model_version=models.version_of(str(model)))
+    small = Planned(ObjectInfo(str(tmp_path / "a.csv"), "v1", 10), str(tmp_path / "a.out.csv"), "new")
+    halves = ((0, 50), (50, 100))
+    big = Planned(ObjectInfo(str(tmp_path / "b.csv"), "v1", 100), str(tmp_path / "b.out.csv"), "new", halves)
+    enqueue_batch(redis, "velo", str(tmp_path), opts, [small, big])
+    first, _, second = [j.decode() for j in redis.lrange("rq:queue:velo", 0, -1)]
+    # When two workers hold the small file and the big file's second shard
+    busy = []
+    for name, job_id in (("w1", first), ("w2", second)):
+        w = VeloWorker([make_queue(redis, "velo")], connection=redis, name=name)
+        w.register_birth()
+        w.prepare_execution(make_queue(redis, "velo").fetch_job(job_id))  # as a worker starting it does
+        busy.append(w)
+    # Then status names them
+    found = status.workers(redis, "velo")
+    assert [w["file"] for w in found] == [str(tmp_path / "a.csv"), f"{tmp_path / 'b.csv'} (shard 2/2)"]
 
 
 def snapshot():

@@ -63,6 +63,17 @@ def test_jobs_travel_as_json_and_carry_their_payload_apart(redis, folder):
     assert len(redis.keys("velo:options:*")) == 1
 
 
+def test_a_worker_reads_each_payload_from_redis_once(redis, folder, monkeypatch):
+    source, opts = folder
+    enqueue_batch(redis, "velo", source, opts, list(plan(source, opts)))
+    reads = []
+    load = payloads.load
+    monkeypatch.setattr(payloads, "load", lambda r, jid: reads.append(jid) or load(r, jid))
+    work(redis)
+    assert len(reads) == 10 and len(set(reads)) == 10  # when checked, not again when run
+    assert redis.hlen("velo:payloads") == 0
+
+
 def test_a_payload_is_dropped_once_its_file_is_done_or_failed(redis, folder, tmp_path):
     source, opts = folder
     (tmp_path / "data" / "1.csv").write_text("id,f0\n1,2\n")  # lacks the model's features: fails
