@@ -207,7 +207,7 @@ def _enqueue(redis: Redis, queue: str, files: list[list[Payload]], timeout: int)
 
 
 def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[str]], timeout: int) -> list[bool]:
-    """One run of the chunk script (see _ENQUEUE)."""
+    """One run of the chunk script (see _ENQUEUE); the files share their batch and options."""
     q = make_queue(redis, queue)
     first = files[0][0]
     batch_id = first["batch"]
@@ -216,8 +216,6 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
     job_keys: list[str] = []
     args: list[Any] = [q.key, keys.options(digest), options, f"{time.time():.3f}", len(template), *template]
     for group, group_ids in zip(files, ids, strict=True):
-        if any(group[0][k] != first[k] for k in payloads.OPTION_FIELDS):
-            raise ValueError("one chunk of jobs must share its batch and options")
         sharded = bool(group[0].get("shard"))
         args += [group[0]["input"], len(group), int(sharded)]
         for p, jid in zip(group, group_ids, strict=True):
@@ -304,7 +302,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     failed = [f.decode() for f in redis.hkeys(keys.batch_errors(batch_id))]
     queue, shard_size = redis.hmget(keys.batch(batch_id), ["queue", "shard_size"])
     gone: list[str] = []
-    files: list[list[Payload]] = []
+    by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)
     for file in failed:
         raw = redis.hget(keys.batch_jobs(batch_id), file)  # written by the worker that failed it
         info = storage.head(file)
@@ -314,9 +312,11 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
         payload: Payload = json.loads(raw)
         payload.pop("shard", None)
         payload["input_version"] = info.version  # the user may have fixed the file
-        files.append(shards.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"])))
+        group = shards.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
+        by_options.setdefault(payloads.pack_options(payload)[0], []).append(group)
     name = queue.decode() if queue else "velo"
-    count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in _chunks(files))
+    chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
+    count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
     return count, gone
 
 
