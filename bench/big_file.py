@@ -24,16 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import joblib
-import numpy as np
-import pandas as pd
-from sklearn.linear_model import LogisticRegression
-
+from bench.bench import fit_model
 from bench.common import big_csv, machine, private_redis, wall_time, write_section
 
 FEATURES = [f"f{i}" for i in range(20)]
@@ -49,32 +44,6 @@ class Contender:
     processes: int
     seconds: list[float] = field(default_factory=list)
     assembly: list[float] = field(default_factory=list)
-
-
-def make_file(path: Path, size: int) -> int:
-    """Write (once) a CSV of at least ``size`` bytes (bench.common.big_csv); returns its rows."""
-    rows_file = path.with_suffix(".rows")
-    if path.exists() and rows_file.exists():
-        return int(rows_file.read_text())
-    started = time.perf_counter()
-    rows = big_csv(path, size)
-    rows_file.write_text(str(rows))
-    print(f"generated {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s", flush=True)
-    return rows
-
-
-def fit(path: Path) -> None:
-    """bench/bench.py's LogisticRegression, fitted the same way (kept here: that module changes often)."""
-    rng = np.random.default_rng(42)
-    train = pd.DataFrame(rng.normal(size=(20_000, len(FEATURES))), columns=FEATURES)
-    label = (train.f0 + train.f1 - train.f2 + rng.normal(scale=0.5, size=len(train)) > 0).astype(int)
-    joblib.dump(LogisticRegression(max_iter=500).fit(train, label), path)
-
-
-def make_model(path: Path) -> None:
-    if not path.exists():
-        with ProcessPoolExecutor(1) as pool:  # OpenMP started by fitting stays out of this process
-            list(pool.map(fit, [path]))
 
 
 def clean(folder: Path) -> None:
@@ -140,8 +109,8 @@ def main() -> None:
     folder = data / f"{args.size_mb}MB"
     path = folder / "big.csv"
     model = data / "logreg.joblib"
-    rows = make_file(path, args.size_mb * MB)
-    make_model(model)
+    rows = big_csv(path, args.size_mb * MB)
+    fit_model(model)
     size = path.stat().st_size
     shards = -(-size // (args.shard_mb * MB))
     contenders = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -33,7 +34,23 @@ def wall_time() -> str:
 
 
 def big_csv(path: Path, size: float, block_rows: int = 100_000) -> int:
-    """Write a CSV of at least ``size`` bytes (`id` + ``FEATURES``, 6 decimals, ~190 bytes a row); its rows.
+    """A CSV of at least ``size`` bytes (`id` + ``FEATURES``, 6 decimals, ~190 bytes a row); its rows.
+
+    Written once: reused while it and its ``.json`` record (rows, bytes) are there.
+    """
+    meta = path.with_name(path.name + ".json")
+    if path.exists() and meta.exists():
+        return int(json.loads(meta.read_text())["rows"])
+    started = time.perf_counter()
+    rows = _write_big_csv(path, size, block_rows)
+    meta.write_text(json.dumps({"rows": rows, "bytes": path.stat().st_size}))
+    took = time.perf_counter() - started
+    print(f"generated {path} ({path.stat().st_size / 1e9:.2f} GB, {rows:,} rows) in {took:.0f} s", flush=True)
+    return rows
+
+
+def _write_big_csv(path: Path, size: float, block_rows: int) -> int:
+    """Write the CSV (see big_csv).
 
     Fast, as a benchmark's set-up should be: one block of ``block_rows`` rows of normal features
     is generated and formatted once, then written again and again behind fresh ids (0, 1, 2, ...),

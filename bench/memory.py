@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +42,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from bench.bench import fit, s3_fleet
+from bench.bench import fit_model, s3_fleet
 from bench.common import big_csv, machine, private_redis, wall_time, write_section
 from worker.scoring import BLOCK_SIZE
 
@@ -81,24 +80,6 @@ def label(size: float) -> str:
     return f"{size / GB:g}gb"
 
 
-def make_csv(path: Path, size: float) -> int:
-    """A CSV of at least ``size`` bytes (bench.common.big_csv); its row count.
-
-    Reused when already there (written under a temporary name, renamed once whole).
-    """
-    meta = path.with_name(path.name + ".json")
-    if path.exists() and meta.exists():
-        return int(json.loads(meta.read_text())["rows"])
-    started = time.perf_counter()
-    rows = big_csv(path, size)
-    meta.write_text(json.dumps({"rows": rows, "bytes": path.stat().st_size}))
-    print(
-        f"generated {path} ({path.stat().st_size / GB:.2f} GB, {rows:,} rows) in {time.perf_counter() - started:.0f} s",
-        flush=True,
-    )
-    return rows
-
-
 def check_disk(folder: Path, sizes: list[float]) -> None:
     """Refuse, before writing anything, when the inputs still to generate plus the largest output do not fit."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,12 +93,6 @@ def check_disk(folder: Path, sizes: list[float]) -> None:
             f"generate, outputs and shard parts up to {2.2 * max(sizes) / GB:.1f} GB), has {free / GB:.1f} GB; "
             "free some space or pass a smaller --size-gb"
         )
-
-
-def fit_model(path: Path) -> None:
-    if not path.exists():
-        with ProcessPoolExecutor(1) as pool:  # sklearn's thread pools stay out of this process
-            pool.submit(fit, ("logreg", path)).result()
 
 
 class _Counting(io.RawIOBase):
@@ -265,7 +240,7 @@ def main() -> None:
     model = data / "logreg.joblib"
     fit_model(model)
     files = {s: data / f"{label(s)}.csv" for s in (small, big) + (() if args.no_s3 else (on_s3,))}
-    rows = {s: make_csv(p, s) for s, p in files.items()}
+    rows = {s: big_csv(p, s) for s, p in files.items()}
     ahead = readahead_blocks(files[small])
     # --quick files are below the default shard size (1 GiB): smaller shards still show the path
     shard, shards = ("128MB", "shards of 128 MiB") if args.quick else ("", "default shards (1 GiB)")
