@@ -34,8 +34,13 @@ demo-s3: $(BIN)/velo  ## The same on S3 with a fleet: local S3 endpoint, redis-s
 test: $(BIN)/velo  ## Run the unit and end-to-end tests
 	$(BIN)/pytest -q
 
+# The bench extra (PySpark, the contender users would otherwise pick) only where benchmarks run.
+$(VENV)/.bench: $(BIN)/velo pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
 .PHONY: bench
-bench: $(BIN)/velo  ## Benchmarks, about 21 min on 2 cores from a fresh clone (FULL=1: every case, ~45 min); results in docs/BENCHMARKS.md
+bench: $(VENV)/.bench  ## Benchmarks, about 21 min on 2 cores from a fresh clone (FULL=1: every case, ~45 min); results in docs/BENCHMARKS.md
 	@start=$$(date +%s); set -e; \
 	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
 	            "bench.dispatch_scale --files 100000 --reps 3 --million" \
