@@ -43,7 +43,7 @@ $(VENV)/.bench: $(BIN)/velo pyproject.toml
 bench: $(VENV)/.bench  ## Benchmarks, about 21 min on 2 cores from a fresh clone (FULL=1: every case, ~45 min); results in docs/BENCHMARKS.md
 	@start=$$(date +%s); set -e; \
 	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
-	            "bench.dispatch_scale --files 100000 --reps 3 --million" \
+	            "bench.dispatch_scale --files 50000 --reps 3 --million" \
 	            "bench.overhead --files 1000 $(if $(FULL),--full)" \
 	            "bench.big_file --size-mb 2000 --shard-mb 256 $(if $(FULL),--full)" \
 	            "bench.memory --size-gb 5 --s3-gb $(if $(FULL),1 --full,0.5)" \

@@ -10,14 +10,14 @@ once for every model, in turn (interleaved), --reps times, and writes medians, m
 ratio to the baseline (the single-process pandas loop) measured in the same run. Start-up is
 included.
 
-Contenders for every model: the 2-process pyarrow loop (the limit), `velo run --workers 2`
-and PySpark local[2] (one JVM per repetition scores the models in turn). For the
---baseline-models (default: logreg, the model the targets are set on): the pandas loop and the
-1-process pyarrow loop; for the --fleet-models (default: logreg): `velo worker --processes 1`
-and 2 on Redis, local and S3. --full runs the pandas and 1-process pyarrow loops for every
-model. On 2 cores, from a fresh clone (data, models and the S3 upload take ~12 s): about 8
-minutes with --models logreg, 13 with the three models (what `make bench` runs), 20 with --full
-(what `make bench FULL=1` runs).
+Contenders for every model: `velo run --workers 2` and PySpark local[2] (one JVM per
+repetition scores the models in turn). For the --baseline-models (default: logreg, the model
+the targets are set on): the pandas loop and the pyarrow loop in 1 process and in a 2-process
+pool (the limit); for the --fleet-models (default: logreg): `velo run --workers 1` (1 -> 2
+processes on a local folder) and `velo worker --processes 1` and 2 on Redis and S3. --full runs
+the bare loops for every model and `velo worker` on Redis and a local folder too. On 2 cores,
+from a fresh clone (data, models and the S3 upload take ~12 s): about 7 minutes (what `make
+bench` runs), 12 with --full (what `make bench FULL=1` runs).
 """
 
 from __future__ import annotations
@@ -249,6 +249,7 @@ PANDAS = "pandas loop, 1 process (baseline)"
 ARROW = "pyarrow loop, 1 process"
 LIMIT = "pyarrow loop, 2-process pool (the limit)"
 RUN = "velo run --workers 2 (embedded Redis, local folder)"
+RUN1 = "velo run --workers 1 (embedded Redis, local folder)"
 LOCAL = "velo dispatch + worker --processes {} (Redis, local folder)"
 S3 = "velo dispatch + worker --processes {} (Redis, S3 endpoint)"
 SPARK = "PySpark local[2]"
@@ -257,13 +258,11 @@ SPARK = "PySpark local[2]"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 files x 20,000 rows")
-    ap.add_argument("--full", action="store_true", help="the pandas and 1-process pyarrow loops for every model")
+    ap.add_argument("--full", action="store_true", help="the bare loops for every model; velo worker on a local folder")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
-    ap.add_argument(
-        "--baseline-models", default="logreg", help="models also run by the pandas and 1-process pyarrow loops"
-    )
-    ap.add_argument("--fleet-models", default="logreg", help="models also run by `velo worker` 1 and 2 processes")
+    ap.add_argument("--baseline-models", default="logreg", help="models also run by the bare loops (pandas, pyarrow)")
+    ap.add_argument("--fleet-models", default="logreg", help="models also run by 1 and 2 worker processes")
     ap.add_argument("--no-s3", action="store_true", help="skip the velo worker contenders on Redis + S3")
     ap.add_argument("--no-spark", action="store_true", help="skip PySpark even where it is installed")
     ap.add_argument("--data", default=str(ROOT / "bench" / "data"))
@@ -283,10 +282,11 @@ def main() -> None:
         for name in models:
             contenders: dict[str, Contender] = {}
             if name in args.baseline_models.split(","):
-                contenders |= {PANDAS: loop("pandas", 1), ARROW: loop("pyarrow", 1)}
-            contenders |= {LIMIT: loop("pyarrow", 2), RUN: velo_run(2)}
+                contenders |= {PANDAS: loop("pandas", 1), ARROW: loop("pyarrow", 1), LIMIT: loop("pyarrow", 2)}
+            contenders[RUN] = velo_run(2)
             if name in args.fleet_models.split(","):
-                for n in (1, 2):
+                contenders[RUN1] = velo_run(1)  # 1 -> 2 processes on a local folder: velo run's own workers
+                for n in (1, 2) if args.full else ():  # the same through `velo dispatch` and `velo worker`
                     contenders[LOCAL.format(n)] = velo_fleet_local(redis_url, n)
                 for n in (1, 2) if fleet is not None else ():
                     contenders[S3.format(n)] = velo_fleet_on_s3(*fleet, n)
@@ -422,7 +422,8 @@ def report(
         + (
             "Spark: one fresh JVM per repetition scores the models in turn; a model's end to end is the JVM's "
             "start-up (command start to session up) plus the model's load and job (the session's shutdown is not "
-            "counted; models after the first find the JVM warm: both favour Spark). "
+            "counted; models after the first find the JVM warm: both favour Spark); one partition per file, as "
+            "Velosiped has one job per file (Spark's default 128 MB partitions left a core idle). "
             if len(sections) > 1
             else "Spark: a fresh JVM per repetition; end to end is its start-up (command start to session up) plus "
             "the model's load and job (the session's shutdown is not counted, which favours Spark). "
@@ -436,9 +437,9 @@ def report(
         + (
             ""
             if everywhere
-            else f"The pandas and 1-process pyarrow loops run for {args.baseline_models} only, the model the "
-            "targets are set on (`--full` runs them for every model, about 7 more minutes); where they did not run, "
-            "the table has no × baseline. "
+            else f"The bare loops (pandas; pyarrow in 1 and 2 processes) run for {args.baseline_models} only, the "
+            "model the targets are set on (`--full` runs them for every model, about 5 more minutes); where they did "
+            "not run, the table has no × baseline. "
         )
         + "Redis for the fleet rows is a private redis-server; "
         "S3 is moto's S3 server on loopback, one Python process sharing the 2 cores (slower than a real "
@@ -450,7 +451,7 @@ def report(
         "### Targets",
         "",
         "| model | velo run ÷ limit, end to end | velo run ÷ limit, after start-up | velo run ÷ pandas "
-        "| velo run ÷ PySpark, end to end | worker 2 ÷ 1 processes, local | worker 2 ÷ 1 processes, S3 |",
+        "| velo run ÷ PySpark, end to end | 2 ÷ 1 processes, velo run, local | 2 ÷ 1 processes, velo worker, S3 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, times, scoring in sections:
@@ -472,7 +473,7 @@ def report(
             )
         targets.append(
             f"| {name} | {_ratio(times, RUN, LIMIT)} | {_ratio(scoring, RUN, LIMIT)} | {_ratio(times, RUN, PANDAS)} "
-            f"| {_ratio(times, RUN, SPARK)} | {_ratio(scoring, LOCAL.format(2), LOCAL.format(1))} "
+            f"| {_ratio(times, RUN, SPARK)} | {_ratio(scoring, RUN, RUN1)} "
             f"| {_ratio(scoring, S3.format(2), S3.format(1))} |"
         )
     total = sum(stages.values()) or 1.0
