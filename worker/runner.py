@@ -226,15 +226,19 @@ def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float =
     return thread
 
 
-def fork_workers(url: str, queue: str, n: int, log_path: str) -> list[multiprocessing.process.BaseProcess]:
+def fork_workers(
+    url: str, queue: str, n: int, log_path: str, *, s3: bool = True
+) -> list[multiprocessing.process.BaseProcess]:
     """Fork ``n`` single-process workers of ``queue`` from this process, logging to ``log_path``.
 
     Children share what this process has loaded (imports, a preloaded model) copy-on-write.
+    ``s3``: their jobs may read S3, so import its client first (a local batch need not).
     """
-    storage.preload()
+    if s3:
+        storage.preload()
     gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path, n), daemon=False) for _ in range(n)]
+    procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path, n, s3), daemon=False) for _ in range(n)]
     for p in procs:
         p.start()
     return procs
@@ -246,7 +250,7 @@ def share_cores(processes: int) -> None:
     models.limit_threads()  # libraries already loaded (a preloaded model); later ones at model load
 
 
-def _forked_worker(url: str, queue: str, log_path: str, processes: int) -> None:
+def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool) -> None:
     with open(log_path, "ab") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -255,7 +259,7 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int) -> None:
     logs.configure("text")
     os.environ["REDIS_URL"] = url
     share_cores(processes)
-    run_workers(redis_client(url), queue, processes=1)
+    run_workers(redis_client(url), queue, processes=1, s3=s3)
 
 
 def redis_client(url: str) -> Redis:
@@ -270,14 +274,15 @@ def redis_client(url: str) -> Redis:
     )
 
 
-def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False) -> None:
+def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> None:
     """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty).
 
     Several processes come from RQ's ``WorkerPool``, which forks N workers (sharing the
     model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
     """
     share_cores(processes)
-    storage.preload()  # not in the first job; before forking, once for every worker
+    if s3:  # not in the first job; before forking, once for every worker
+        storage.preload()
     if processes <= 1:
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")

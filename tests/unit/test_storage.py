@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import joblib
 import pytest
 
@@ -34,6 +38,25 @@ def test_local_write_leaves_nothing_on_error(tmp_path):
     with storage.open_read(str(target)) as f:
         assert f.read() == b"a\n1\n"
     assert target.read_bytes()[:2] == b"\x1f\x8b"  # gzip, like its name says
+
+
+def test_local_files_need_neither_smart_open_nor_boto3(tmp_path):
+    """A local batch starts without S3's imports (boto3, smart_open): plain and .gz files use the standard library."""
+    script = f"""
+import gzip, sys
+from worker import storage
+for name in ("1.out.csv", "2.out.csv.gz"):
+    uri = {str(tmp_path)!r} + "/" + name
+    with storage.write_atomic(uri) as out:
+        out.write(b"a\\n1\\n")
+    with storage.open_read(uri) as f:
+        assert f.read() == b"a\\n1\\n", name
+header = open({str(tmp_path)!r} + "/2.out.csv.gz", "rb").read(64)
+assert b"2.out.csv\\x00" in header, header  # the gzip header names the output, not its temporary file
+loaded = [m for m in ("smart_open", "boto3") if m in sys.modules]
+assert not loaded, loaded
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parents[2])
 
 
 def test_uri_errors():
