@@ -291,11 +291,11 @@ def main() -> None:
                 for n in (1, 2) if fleet is not None else ():
                     contenders[S3.format(n)] = velo_fleet_on_s3(*fleet, n)
             plan[name] = contenders
-        times, scoring, scaling = measure(plan, paths, model_paths, args.reps, spark)
+        times, scoring = measure(plan, paths, model_paths, args.reps, spark)
         sections = [(name, times[name], scoring[name]) for name in models]
         stages = breakdown(paths[0], model_paths[models[0]], args.reps)
     clean(paths)
-    report(sections, stages, scaling, 8 * rows, size, args)
+    report(sections, stages, 8 * rows, size, args)
     print(f"bench.bench: {wall_time()}", flush=True)
 
 
@@ -312,9 +312,8 @@ Times = dict[str, list[float]]
 
 def measure(
     plan: dict[str, dict[str, Contender]], paths: list[Path], model_paths: dict[str, Path], reps: int, spark: bool
-) -> tuple[dict[str, Times], dict[str, Times], list[float]]:
-    """Per model, wall-clock seconds of each contender, and the seconds after start-up where it reports them;
-    and the machine's own 1 -> 2 process ratio on CPU-only work (bench/cpu.py), once per repetition.
+) -> tuple[dict[str, Times], dict[str, Times]]:
+    """Per model, wall-clock seconds of each contender, and the seconds after start-up where it reports them.
 
     Each repetition runs every model's contenders, then (with ``spark``) one Spark command for all models.
     """
@@ -322,11 +321,7 @@ def measure(
     scoring: dict[str, Times] = {m: {name: [] for name in contenders} for m, contenders in plan.items()}
     for m in plan if spark else ():
         times[m][SPARK], scoring[m][SPARK] = [], []
-    scaling: list[float] = []
     for rep in range(reps):
-        one, two = (cpu_loop(n) for n in (1, 2))
-        scaling.append(one / two)
-        print(f"rep {rep + 1}/{reps} CPU-only loop: 1 process {one:.2f}s, 2 processes {two:.2f}s", flush=True)
         for m, contenders in plan.items():
             for name, run in contenders.items():  # interleaved: noise hits every contender alike
                 clean(paths)
@@ -349,14 +344,7 @@ def measure(
                 scoring[m][SPARK].append(job)
                 print(f"{m} rep {rep + 1}/{reps} {SPARK}: {end_to_end:.2f}s ({job:.2f}s after start-up)", flush=True)
             print(f"rep {rep + 1}/{reps} {SPARK} for {len(done)} model(s): {wall:.2f}s, cpu {cpu:.1f}s", flush=True)
-    return times, scoring, scaling
-
-
-def cpu_loop(processes: int) -> float:
-    """Seconds of bench/cpu.py's CPU-only work in ``processes`` processes (no files, no I/O)."""
-    cmd = [sys.executable, "-m", "bench.cpu", "--processes", str(processes)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return float(done.stdout.strip().rsplit(": ", 1)[1])
+    return times, scoring
 
 
 def _children_cpu() -> float:
@@ -402,18 +390,6 @@ def _stages(path: Path, model_path: Path) -> dict[str, float]:
     return t
 
 
-def _speedups(scoring: Times) -> Iterator[tuple[str, float]]:
-    """1 -> 2 processes, after start-up: how many times faster two are than one, where both ran."""
-    pairs = [
-        ("the pyarrow loop", LIMIT, ARROW),
-        ("velo run", RUN, RUN1),
-        ("velo worker on S3", S3.format(2), S3.format(1)),
-    ]
-    for column, two, one in pairs:
-        if scoring.get(two) and scoring.get(one):
-            yield column, statistics.median(scoring[one]) / statistics.median(scoring[two])
-
-
 def _ratio(times: Times, a: str, b: str) -> str:
     """How many times faster ``a`` is than ``b`` (medians), or - when either was not run."""
     if not times.get(a) or not times.get(b):
@@ -422,12 +398,7 @@ def _ratio(times: Times, a: str, b: str) -> str:
 
 
 def report(
-    sections: list[tuple[str, Times, Times]],
-    stages: dict[str, float],
-    scaling: list[float],
-    total_rows: int,
-    size: int,
-    args: argparse.Namespace,
+    sections: list[tuple[str, Times, Times]], stages: dict[str, float], total_rows: int, size: int, args
 ) -> None:
     command = "python -m bench.bench" + (" --quick" if args.quick else "") + (" --full" if args.full else "")
     if args.models != ",".join(MODELS):
@@ -511,15 +482,6 @@ def report(
         "",
         "Targets: velo run ≥ 0.90 × the limit and ≥ 4 × pandas; ≥ 3 × PySpark; 2 worker processes ≥ 1.8 × one "
         "(scaling is measured after start-up, on the batch's clock).",
-        "",
-        f"This machine's own 1 → 2 processes on CPU-only work (`bench/cpu.py`: a Python loop and a numpy kernel, "
-        f"no files, no I/O, in the same repetitions): **{statistics.median(scaling):.2f}x** "
-        f"({min(scaling):.2f}-{max(scaling):.2f}): what a 2 ÷ 1 column can reach here"
-        + "".join(
-            f"; {column} reached {speedup:.2f}x, {speedup / statistics.median(scaling):.0%} of it"
-            for column, speedup in _speedups(sections[0][2])
-        )
-        + ".",
         "",
         f"### Where the time goes (one file, {total_rows // 8:,} rows, {sections[0][0]}, one process)",
         "",
