@@ -16,8 +16,8 @@ the targets are set on): the pandas loop and the pyarrow loop in 1 process and i
 pool (the limit); for the --fleet-models (default: logreg): `velo run --workers 1` (1 -> 2
 processes on a local folder) and `velo worker --processes 1` and 2 on Redis and S3. --full runs
 the bare loops for every model and `velo worker` on Redis and a local folder too. On 2 cores,
-from a fresh clone (data, models and the S3 upload take ~12 s): about 7 minutes (what `make
-bench` runs), 12 with --full (what `make bench FULL=1` runs).
+from a fresh clone (data, models and the S3 upload take ~12 s): 7.4 minutes measured (what `make
+bench` runs); --full (what `make bench FULL=1` runs) adds about 5 more by estimate.
 """
 
 from __future__ import annotations
@@ -438,7 +438,7 @@ def report(
             ""
             if everywhere
             else f"The bare loops (pandas; pyarrow in 1 and 2 processes) run for {args.baseline_models} only, the "
-            "model the targets are set on (`--full` runs them for every model, about 5 more minutes); where they did "
+            "model the targets are set on (`--full` runs them for every model); where they did "
             "not run, the table has no × baseline. "
         )
         + "Redis for the fleet rows is a private redis-server; "
