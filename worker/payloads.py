@@ -35,11 +35,9 @@ __all__ = [
     "for_job",
     "load",
     "of_job",
-    "pack",
     "pack_options",
     "pack_own",
     "remember",
-    "unpack",
 ]
 
 OPTION_FIELDS = ("batch", "model", "model_version", "model_sha256", "keep", "proba", "features", "sep", "encoding")
@@ -53,12 +51,6 @@ _options: dict[str, dict[str, Any]] = {}
 
 def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
-
-
-def pack(p: Payload) -> tuple[str, str, str]:
-    """(options digest, options JSON, the file's own JSON) of a payload."""
-    digest, options = pack_options(p)
-    return digest, options, pack_own(p, digest)
 
 
 def pack_options(p: Payload) -> tuple[str, str]:
@@ -80,9 +72,8 @@ def _digest(options: bytes) -> str:
     return hashlib.sha256(options).hexdigest()[:16]
 
 
-def unpack(own: bytes | str, options: Any) -> Payload:
+def _unpack(fields: list[Any], options: Any) -> Payload:
     """The payload from its two stored parts, checked as an inline one is; InputError if it is not one."""
-    fields = _fields(own)
     if not isinstance(options, dict):
         raise InputError("job payload: its options are not a JSON object")
     payload: dict[str, Any] = {**options, **dict(zip(_OWN_FIELDS, fields[1:4], strict=True))}
@@ -109,7 +100,8 @@ def load(redis: Redis, job_id: str) -> Payload | None:
     own = redis.hget(keys.PAYLOADS, job_id)
     if own is None:
         return None
-    digest = _fields(own)[0]
+    fields = _fields(own)  # parsed once, for the digest and the payload
+    digest = fields[0]
     if digest not in _options:
         raw = redis.get(keys.options(digest))
         if raw is None:
@@ -120,7 +112,7 @@ def load(redis: Redis, job_id: str) -> Payload | None:
             _options[digest] = json.loads(raw)
         except ValueError as e:
             raise InputError(f"job payload: its options are not JSON ({e})") from e
-    return unpack(own, _options[digest])
+    return _unpack(fields, _options[digest])
 
 
 def of_job(job: Job, redis: Redis) -> Payload | None:

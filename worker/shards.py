@@ -45,7 +45,6 @@ __all__ = [
     "group",
     "name_of",
     "parse_size",
-    "reset",
     "score",
     "settle",
 ]
@@ -134,11 +133,6 @@ def expand(payload: Payload, shards: list[tuple[int, int]]) -> list[Payload]:
         return [payload]
     n = len(shards)
     return [{**payload, "shard": {"index": i, "count": n, "start": s, "end": e}} for i, (s, e) in enumerate(shards)]
-
-
-def reset(redis: Any, payload: Payload) -> None:
-    """Forget an earlier attempt's progress on this file's shards (before enqueueing them again)."""
-    redis.delete(keys.shards(group(payload)))
 
 
 # ---------------------------------------------------------------------------------------- the worker

@@ -182,7 +182,8 @@ def test_hostile_jobs_pushed_into_redis_are_refused_and_the_worker_keeps_serving
     for name, (func, args, kwargs, _) in hostile.items():
         jid = "hostile-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)
         if name in by_reference:
-            digest, options, own = payloads.pack(by_reference[name])
+            digest, options = payloads.pack_options(by_reference[name])
+            own = payloads.pack_own(by_reference[name], digest)
             conn.set(f"velo:options:{digest}", options)
             conn.hset("velo:payloads", jid, own)
         job = queue.enqueue_call(func, args=args, kwargs=kwargs, job_id=jid)
