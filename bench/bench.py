@@ -48,10 +48,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from bench.common import machine, private_redis, wall_time, write_section
+from bench.common import FEATURES, machine, private_redis, wall_time, write_section
 from bench.loops import cached_model
 
-FEATURES = [f"f{i}" for i in range(20)]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MODELS: dict[str, Callable[[], object]] = {

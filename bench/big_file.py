@@ -31,7 +31,6 @@ from pathlib import Path
 from bench.bench import fit_model
 from bench.common import big_csv, machine, private_redis, wall_time, write_section
 
-FEATURES = [f"f{i}" for i in range(20)]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MB = 1 << 20

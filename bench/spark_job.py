@@ -22,7 +22,7 @@ import psutil
 from pyspark.sql import SparkSession
 from pyspark.sql.types import DoubleType, LongType, StructField, StructType
 
-FEATURES = [f"f{i}" for i in range(20)]
+FEATURES = [f"f{i}" for i in range(20)]  # not bench.common's: its imports (Redis...) would add to Spark's start-up
 
 
 def main(source: str, output: str, model_paths: list[str]) -> None:
