@@ -27,6 +27,7 @@ RUN python -m venv /opt/velosiped
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY dispatcher/ dispatcher/
+COPY velosiped/ velosiped/
 COPY worker/ worker/
 # The runtime dependencies only: no [dev] extra.
 RUN /opt/velosiped/bin/pip install .

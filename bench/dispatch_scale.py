@@ -25,10 +25,10 @@ from bench.common import machine, private_redis, write_section
 from dispatcher.enqueue import enqueue_batch, payload_for
 from dispatcher.plan import Options, Planned, plan
 from dispatcher.status import describe
-from worker import storage
-from worker.jobs import INLINE_TASK, job_id
-from worker.runner import make_queue
-from worker.storage import ObjectInfo
+from velosiped import storage
+from velosiped.jobs import INLINE_TASK, job_id
+from velosiped.rqapi import make_queue
+from velosiped.storage import ObjectInfo
 
 BIN = Path(sys.executable).parent
 
@@ -142,7 +142,7 @@ def run(r: redis.Redis, url: str, args: argparse.Namespace) -> None:
         "",
         f"Where a queued file's {m['bytes']:,.0f} bytes go: RQ's job hash {m['job_bytes']:,.0f} B, kept by Redis "
         f"as a compact `{m['job_encoding']}` because every value is under `hash-max-listpack-value` = 64 bytes: "
-        "the job names no argument, its payload waits beside it (worker/payloads.py); the payload's own fields "
+        "the job names no argument, its payload waits beside it (velosiped/payloads.py); the payload's own fields "
         f"(input, its version, output) {m['payloads_bytes']:.0f} B in `velo:payloads`, what the batch's files "
         "share stored once; the batch's file-state hash "
         f"{m['files_hash_bytes']:.0f} B; the queue list {m['queue_bytes']:.0f} B; the rest is the key space. "

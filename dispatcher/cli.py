@@ -21,11 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher import status as status_mod
-from dispatcher.connection import connect, embedded, state_dir
 from dispatcher.enqueue import JOB_TIMEOUT, enqueue_batch, mark_already_queued, retry_failed
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
-from worker import logs, metrics, models, shards, storage
-from worker.errors import ConfigError, VeloError
+from dispatcher.sharding import parse_size
+from velosiped import logs, storage
+from velosiped.connection import connect, embedded, state_dir
+from velosiped.errors import ConfigError, VeloError
+from velosiped.models import version_of
 
 __all__ = ["main"]
 
@@ -147,7 +149,7 @@ def make_options(
     shard_size: str = "0",
 ) -> Options:
     model = storage.normalize(model)
-    version = models.version_of(model)
+    version = version_of(model)
     if model_sha256:
         model_sha256 = model_sha256.lower().removeprefix("sha256:")
         if version.startswith("sha256:") and version != "sha256:" + model_sha256:
@@ -165,7 +167,7 @@ def make_options(
         encoding=_encoding(encoding),
         force=force,
         model_sha256=model_sha256,
-        shard_size=shards.parse_size(shard_size),
+        shard_size=parse_size(shard_size),
     )
 
 
@@ -265,6 +267,8 @@ def run(
         if redis_url:
             redis_ready.result()
         if not dry_run:
+            from worker import models
+
             models.load(opts.model, opts.model_version, opts.model_sha256)
         conn, url = redis_ready.result()
     if dry_run:
@@ -334,6 +338,7 @@ def local_workers(url: str, opts: Options, queue: str, n: int, log_path: str, *,
     it): every worker starts with it and the heavy imports already in memory, shared
     copy-on-write, instead of spending a second or more importing and unpickling it alone.
     """
+    from worker import models
     from worker.runner import fork_workers
 
     models.load(opts.model, opts.model_version, opts.model_sha256)
@@ -389,6 +394,7 @@ def worker(
     log_format: str,
 ) -> None:
     """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits."""
+    from worker import metrics, models
     from worker.runner import queue_depth, run_workers
 
     logs.configure(log_format)
@@ -398,7 +404,7 @@ def worker(
         metrics.serve(metrics_port, metrics_addr, queue, queue_depth(conn, queue))
     if preload:
         uri = storage.normalize(preload)
-        models.load(uri, models.version_of(uri))
+        models.load(uri, version_of(uri))
     run_workers(conn, queue, processes=processes, burst=burst)
 
 

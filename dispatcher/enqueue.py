@@ -13,11 +13,12 @@ from rq import Callback, Retry
 from rq.job import Job, JobStatus
 from rq.scripts import _build_hset_args  # pinned rq 3.0
 
-from worker import keys, lua, payloads, shards, storage
-from worker.batch import STATE_LUA
-from worker.errors import InputError
-from worker.jobs import FAILURE_CALLBACK, TASK, Payload, job_id
-from worker.runner import make_queue
+from dispatcher import sharding
+from velosiped import keys, lua, payloads, storage
+from velosiped.errors import InputError
+from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, shard_group
+from velosiped.rqapi import make_queue
+from velosiped.state import STATE_LUA
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -82,7 +83,7 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
 
 def payloads_for(item: Planned, opts: Options, batch_id: str) -> list[Payload]:
     """The file's jobs: one, or one per shard of a big file."""
-    return shards.expand(payload_for(item, opts, batch_id), list(item.shards))
+    return sharding.expand(payload_for(item, opts, batch_id), list(item.shards))
 
 
 def _job_statuses(redis: Redis, ids: list[str]) -> list[str | None]:
@@ -118,7 +119,7 @@ def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
 
 # Enqueue a chunk of files at once, each file's jobs only if none of them is there already (the
 # check RQ's own unique-enqueue script makes for one job, here for a file's shards together),
-# with the file's payloads and its state in the batch (worker.batch's own rule), atomically.
+# with the file's payloads and its state in the batch (velosiped.state's own rule), atomically.
 # KEYS: queue list, payloads hash, batch files, counters and errors hashes, RQ's set of queues,
 #   then per file: its jobs' keys, and its shards' progress key if it is sharded.
 # ARGV: queue key, options key, options JSON, now, n = length of the job hash template, the
@@ -186,7 +187,7 @@ def _enqueue(redis: Redis, queue: str, files: list[list[Payload]], timeout: int)
     """Enqueue each file's jobs (one, or one per shard) unless one of them is queued or running already.
 
     One round trip per chunk: every job hash is RQ's own serialization of one template job
-    (they differ only in their ids: the payloads are apart, see worker.payloads), and one
+    (they differ only in their ids: the payloads are apart, see velosiped.payloads), and one
     script adds the jobs, their payloads and the files' states atomically, so a file is never
     queued twice at once even with two dispatchers racing. A job left from an earlier run
     (finished or failed) is deleted and its file enqueued again. Returns, per file, whether it was added.
@@ -222,7 +223,7 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
             job_keys.append(Job.key_for(jid))
             args += [jid, payloads.pack_own(p, digest)]
         if sharded:
-            job_keys.append(keys.shards(shards.group(group[0])))
+            job_keys.append(keys.shards(shard_group(group[0])))
     batch_keys = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]
     all_keys = [q.key, keys.PAYLOADS, *batch_keys, q.redis_queues_keys, *job_keys]
     return [bool(a) for a in lua.script(redis, _ENQUEUE)(keys=all_keys, args=args)]
@@ -312,7 +313,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
         payload: Payload = json.loads(raw)
         payload.pop("shard", None)
         payload["input_version"] = info.version  # the user may have fixed the file
-        group = shards.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
+        group = sharding.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
         by_options.setdefault(payloads.pack_options(payload)[0], []).append(group)
     name = queue.decode() if queue else "velo"
     chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
@@ -322,6 +323,6 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
 
 def _bounds(info: storage.ObjectInfo, shard_size: int, encoding: str) -> list[tuple[int, int]]:
     try:
-        return shards.bounds(info, shard_size, encoding)
+        return sharding.bounds(info, shard_size, encoding)
     except InputError:  # changed again meanwhile: whole
         return []

@@ -11,9 +11,10 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from worker import shards, storage
-from worker.errors import InputError
-from worker.jobs import error_uri, params_key
+from dispatcher import sharding
+from velosiped import storage
+from velosiped.errors import InputError
+from velosiped.jobs import PARTS_SUFFIX, error_uri, params_key
 
 __all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan"]
 
@@ -104,7 +105,7 @@ def plan(
             continue
         if out_prefix and info.uri.startswith(out_prefix):
             continue
-        if shards.PARTS_SUFFIX + "/" in info.uri:  # a big file's shard outputs waiting to be assembled
+        if PARTS_SUFFIX + "/" in info.uri:  # a big file's shard outputs waiting to be assembled
             continue
         output = output_for(source, info.uri, opts.suffix, opts.output)
         item = Planned(info, output, _reason(info, output, existing, opts))
@@ -114,7 +115,7 @@ def plan(
 def _shards(info: storage.ObjectInfo, opts: Options) -> tuple[tuple[int, int], ...]:
     """The file's byte ranges when it is big enough to split; a file changed meanwhile is planned whole."""
     try:
-        return tuple(shards.bounds(info, opts.shard_size, opts.encoding))
+        return tuple(sharding.bounds(info, opts.shard_size, opts.encoding))
     except InputError:
         return ()
 

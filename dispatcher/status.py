@@ -18,10 +18,11 @@ from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker import keys, payloads
-from worker.batch import counters
-from worker.errors import ConfigError
-from worker.runner import REDIS_GIVE_UP, describe_connection, fail_fast, make_queue
+from velosiped import keys, payloads
+from velosiped.connection import REDIS_GIVE_UP, describe_connection, fail_fast
+from velosiped.errors import ConfigError
+from velosiped.rqapi import make_queue
+from velosiped.state import counters
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from dispatcher.enqueue import JOB_TIMEOUT, add_files, create_batch
 from dispatcher.plan import Options, plan
-from worker import keys, storage
+from velosiped import keys, storage
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -22,7 +22,7 @@ from typing import Any
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
-from worker.errors import ConfigError, InputError, TransientError
+from velosiped.errors import ConfigError, InputError, TransientError
 
 __all__ = [
     "REASONS",

@@ -18,15 +18,15 @@ from typing import Any
 import botocore.exceptions
 from threadpoolctl import threadpool_limits
 
-from worker import metrics, storage
-from worker.errors import ConfigError, InputError
+from velosiped import storage
+from velosiped.access import MODEL_PREFIXES_ENV, check_prefix
+from velosiped.errors import InputError
+from velosiped.models import sha256_file
+from worker import metrics
 
-__all__ = ["check_prefix", "load", "loads", "version_of"]
+__all__ = ["load", "loads"]
 
 log = logging.getLogger(__name__)
-
-MODEL_PREFIXES_ENV = "VELO_MODEL_PREFIXES"
-"""Comma-separated URI prefixes models may be loaded from; unset means anywhere."""
 
 CACHE_DIR_ENV = "VELO_MODEL_CACHE"
 """Where S3 models are downloaded before loading (default: ``~/.cache/velosiped/models``)."""
@@ -71,37 +71,6 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def check_prefix(uri: str, env: str, what: str) -> None:
-    """Refuse ``uri`` unless it lies under one of the comma-separated prefixes in ``env`` (if set)."""
-    allowed = [storage.normalize(p.strip()) for p in os.environ.get(env, "").split(",") if p.strip()]
-    if allowed and not any(uri == p or uri.startswith(p.rstrip("/") + "/") for p in allowed):
-        raise ConfigError(f"{uri}: {what} outside {env} ({', '.join(allowed)}); move it or extend {env}")
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def version_of(uri: str) -> str:
-    """The model's version: ``sha256:<hex>`` of a local file, ``etag:<etag>`` of an S3 object.
-
-    Raises:
-        ConfigError: the model does not exist.
-    """
-    if storage.is_s3(uri):
-        info = storage.head(uri)
-        if info is None:
-            raise ConfigError(f"{uri}: model not found; check --model")
-        return info.version
-    if not os.path.isfile(uri):
-        raise ConfigError(f"{uri}: model not found; check --model")
-    return "sha256:" + sha256_file(uri)
 
 
 def _local_copy(uri: str, version: str) -> str:

@@ -27,14 +27,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis import Redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
@@ -44,9 +41,12 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from worker import logs, metrics, models, payloads, storage
-from worker.errors import InputError, redact
-from worker.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, Payload
+from velosiped import logs, payloads, storage
+from velosiped.connection import fail_fast, redis_client, watch_redis
+from velosiped.errors import InputError, redact
+from velosiped.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, Payload
+from velosiped.rqapi import make_queue
+from worker import metrics, models
 
 __all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
 
@@ -62,9 +62,6 @@ HEARTBEAT_TTL = int(_env_seconds("VELO_HEARTBEAT_TTL", 30))
 
 MAINTENANCE_INTERVAL = int(_env_seconds("VELO_MAINTENANCE_INTERVAL", 15))
 """Seconds between a worker's searches for files whose worker died (expired leases)."""
-
-REDIS_GIVE_UP = _env_seconds("VELO_REDIS_GIVE_UP", 300)
-"""Seconds without Redis after which a worker stops retrying and exits with code 2."""
 
 
 class JobRefused(Exception):
@@ -167,10 +164,6 @@ class VeloPool(WorkerPool):
         super().handle_dead_worker(worker_data)
 
 
-def make_queue(redis_conn: Redis, name: str) -> Queue:
-    return Queue(name, connection=redis_conn, serializer=JSONSerializer)
-
-
 def queue_depth(conn: Redis, queue: str) -> Callable[[], int]:
     """How many jobs wait in ``queue`` (one LLEN), failing fast while Redis is away."""
     probe, key = fail_fast(conn), make_queue(conn, queue).key
@@ -185,45 +178,6 @@ def give_up(gone: float, children: list[int] | None = None) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     os._exit(2)
-
-
-def fail_fast(conn: Redis) -> Redis:
-    """A client of the same Redis without ``conn``'s retries: a command fails at once while it is away."""
-    pool = conn.connection_pool
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in {"retry", "retry_on_error"}}
-    return Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
-
-
-def describe_connection(conn: Redis) -> str:
-    """Where ``conn`` points, without its password: ``redis://host:port/db`` or ``unix://path``."""
-    kw = conn.connection_pool.connection_kwargs
-    if "path" in kw:
-        return f"unix://{kw['path']}"
-    scheme = "rediss" if "ssl" in conn.connection_pool.connection_class.__name__.lower() else "redis"
-    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
-
-
-def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float = 2.0) -> threading.Thread:
-    """A thread that pings Redis and calls ``on_give_up(seconds)`` once it has been gone too long."""
-
-    probe = fail_fast(conn)
-
-    def loop() -> None:
-        last_ok = time.monotonic()
-        while True:
-            time.sleep(every)
-            try:
-                probe.ping()
-                last_ok = time.monotonic()
-            except redis.RedisError:
-                gone = time.monotonic() - last_ok
-                if gone > REDIS_GIVE_UP:
-                    on_give_up(gone)
-                    return
-
-    thread = threading.Thread(target=loop, name="redis-watchdog", daemon=True)
-    thread.start()
-    return thread
 
 
 def fork_workers(
@@ -260,18 +214,6 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     os.environ["REDIS_URL"] = url
     share_cores(processes)
     run_workers(redis_client(url), queue, processes=1, s3=s3)
-
-
-def redis_client(url: str) -> Redis:
-    """A client on which every command rides out a short outage (a Redis restart) before an
-    error surfaces: 12 tries, backing off from 0.25 s to 5 s, about 40 s in all."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.25, cap=5), retries=12),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
-    )
 
 
 def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> None:

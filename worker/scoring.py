@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from worker.errors import InputError
+from velosiped.errors import InputError
+from velosiped.storage import MAX_HEADER
 
 __all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "is_parquet", "score_stream"]
 
@@ -37,9 +38,6 @@ PARQUET_BATCH_ROWS = 65_536
 
 _TEST_SLOW_BLOCKS = float(os.environ.get("VELO_TEST_SLOW_ROWS") or 0)
 """Test knob: seconds to sleep after each block, so fault tests can catch a worker mid-file."""
-
-MAX_HEADER = 16 * 1024 * 1024
-"""Longest header line accepted."""
 
 _NULL_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 _CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)

@@ -18,135 +18,34 @@ such a file fails with a parse error naming the shard, and ``--shard-size 0`` sc
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import itertools
 import logging
 import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
-from worker import keys, lua, storage
-from worker.batch import FileState, set_state
-from worker.errors import ConfigError, InputError, TransientError, VeloError
-from worker.jobs import Payload, error_uri, job_id, lineage
+from velosiped import keys, lua, storage
+from velosiped.errors import ConfigError, InputError, TransientError, VeloError
+from velosiped.jobs import PARTS_SUFFIX, Payload, error_uri, lineage, shard_group
+from velosiped.state import FileState, set_state
 
 if TYPE_CHECKING:
     from redis import Redis
 
-    from worker.storage import ObjectInfo
 
-__all__ = [
-    "DEFAULT_SHARD_SIZE",
-    "MIN_SHARD_SIZE",
-    "bounds",
-    "expand",
-    "fail",
-    "file_seconds",
-    "group",
-    "name_of",
-    "parse_size",
-    "score",
-    "settle",
-]
+__all__ = ["fail", "file_seconds", "name_of", "score", "settle"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SHARD_SIZE = 1 << 30
-"""Files above this many bytes are split (env VELO_SHARD_SIZE, or --shard-size)."""
-
-MIN_SHARD_SIZE = 1 << 20
-"""Smallest --shard-size accepted: smaller shards cost more in jobs than they gain."""
-
-MAX_SHARDS = 10_000
-"""S3's most parts in one multipart upload; a file gets no more shards than this."""
 
 STATE_TTL = 7 * 24 * 3600
 """Seconds a file's shard progress stays in Redis after its last change."""
 
-PARTS_SUFFIX = ".velo-parts"
-"""``<output>.velo-parts/<group>/<index>.part``: where shard outputs wait to be assembled."""
-
 SPLIT_HINT = "a quoted field holding a line break cannot be split: dispatch the file with --shard-size 0"
-
-_PLAIN = (".csv", ".tsv", ".txt")
-"""Names of uncompressed text files: byte offsets in them are offsets in the CSV."""
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``1073741824``, ``1GB``, ``512MB``, ``64MiB``, ``1.5g`` -> bytes (units are powers of 1024); 0 is off."""
-    raw = text.strip().lower().replace(" ", "")
-    number = raw.rstrip("kmgtib")
-    unit = raw[len(number) :].removesuffix("b").removesuffix("i")
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except (ValueError, KeyError, OverflowError):
-        raise ConfigError(f"--shard-size {text!r}: not a size; use bytes or e.g. 512MB, 1GB (0 turns it off)") from None
-    if size < 0 or 0 < size < MIN_SHARD_SIZE:
-        raise ConfigError(f"--shard-size {text!r}: use 0 (off) or at least {MIN_SHARD_SIZE >> 20}MB")
-    return size
-
-
-# ------------------------------------------------------------------------------------ the dispatcher
-
-
-def shardable(uri: str, encoding: str) -> bool:
-    """Uncompressed text in an encoding where a line end is the byte ``\\n`` (not UTF-16/32)."""
-    if not uri.lower().endswith(_PLAIN):
-        return False
-    try:
-        return "\n,".encode(encoding) == b"\n,"
-    except (LookupError, UnicodeError):
-        return False
-
-
-def bounds(info: ObjectInfo, shard_size: int, encoding: str = "utf-8") -> list[tuple[int, int]]:
-    """Byte ranges ``[start, end)`` of ``info``'s rows, about ``shard_size`` each, cut after line ends.
-
-    ``[]`` means score the file whole: sharding off, a small, compressed or header-only file, or
-    one whose lines are so long that no cut fits. The first range starts after the header line.
-    Costs a few 64 KiB ranged reads per cut, pinned to the listed version.
-    """
-    if shard_size <= 0 or info.size <= shard_size or not shardable(info.uri, encoding):
-        return []
-    from worker.scoring import MAX_HEADER  # pandas and pyarrow: only when a file is this big
-
-    header = storage.read_line(info.uri, info.version, 0, MAX_HEADER)
-    if not header.endswith(b"\n") or len(header) >= info.size:
-        return []
-    n = min(-(-info.size // shard_size), MAX_SHARDS)
-    cuts = {len(header), info.size}
-    for k in range(1, n):
-        at = k * info.size // n - 1  # from the byte before: a cut that falls on a line start stays there
-        line = storage.read_line(info.uri, info.version, at, MAX_HEADER)
-        if line.endswith(b"\n"):
-            cuts.add(at + len(line))
-    edges = sorted(c for c in cuts if c >= len(header))
-    shards = list(itertools.pairwise(edges))
-    return shards if len(shards) > 1 else []
-
-
-def expand(payload: Payload, shards: list[tuple[int, int]]) -> list[Payload]:
-    """One payload per shard (the payload itself when ``shards`` is empty: the whole file)."""
-    if not shards:
-        return [payload]
-    n = len(shards)
-    return [{**payload, "shard": {"index": i, "count": n, "start": s, "end": e}} for i, (s, e) in enumerate(shards)]
-
 
 # ---------------------------------------------------------------------------------------- the worker
 
 
-def group(p: Payload) -> str:
-    """The same for every shard of one plan of one file version, model, output and options."""
-    whole: Any = {k: v for k, v in p.items() if k != "shard"}
-    count = p["shard"]["count"] if p.get("shard") else 1
-    return hashlib.sha256(f"{job_id(whole)}\0{count}".encode()).hexdigest()[:24]
-
-
 def _parts(p: Payload) -> str:
-    return f"{p['output']}{PARTS_SUFFIX}/{group(p)}/"
+    return f"{p['output']}{PARTS_SUFFIX}/{shard_group(p)}/"
 
 
 def _part(p: Payload, index: int) -> str:
@@ -200,12 +99,12 @@ class _Chain:
 
 
 def _score_part(p: Payload, model: Any) -> int:
-    from worker.scoring import MAX_HEADER, Dialect, score_stream
+    from worker.scoring import Dialect, score_stream
 
     s, name = p["shard"], name_of(p)
-    header = storage.read_line(p["input"], p["input_version"], 0, MAX_HEADER)
+    header = storage.read_line(p["input"], p["input_version"], 0, storage.MAX_HEADER)
     if not header.endswith(b"\n"):
-        raise InputError(f"{name}: no header line within {MAX_HEADER >> 20} MiB; {SPLIT_HINT}")
+        raise InputError(f"{name}: no header line within {storage.MAX_HEADER >> 20} MiB; {SPLIT_HINT}")
     with (
         storage.open_range(p["input"], p["input_version"], s["start"], s["end"]) as body,
         storage.write_atomic(_part(p, s["index"])) as dst,
@@ -258,13 +157,13 @@ def _record(redis: Redis, p: Payload, rows: int) -> str:
     """Add this shard's rows; 'assemble' when it completed the set, else 'wait', 'failed' or 'assembled'."""
     s = p["shard"]
     args = [s["index"], rows, s["count"], STATE_TTL]
-    verdict = lua.script(redis, _RECORD)(keys=[keys.shards(group(p))], args=args)
+    verdict = lua.script(redis, _RECORD)(keys=[keys.shards(shard_group(p))], args=args)
     return verdict.decode() if isinstance(verdict, bytes) else str(verdict)
 
 
 def _outcome(redis: Redis, p: Payload, outcome: str, value: str | int) -> bool:
     script = lua.script(redis, _OUTCOME)
-    return bool(script(keys=[keys.shards(group(p))], args=[outcome, value, STATE_TTL]))
+    return bool(script(keys=[keys.shards(shard_group(p))], args=[outcome, value, STATE_TTL]))
 
 
 def score(p: Payload, model: Any, redis: Redis | None) -> tuple[int, int | None]:
@@ -274,7 +173,7 @@ def score(p: Payload, model: Any, redis: Redis | None) -> tuple[int, int | None]
     """
     if redis is None:
         raise ConfigError(f"{name_of(p)}: a shard job runs only under a worker (it needs Redis)")
-    state = keys.shards(group(p))
+    state = keys.shards(shard_group(p))
     with redis.pipeline() as pipe:  # when the file's first shard started: the file's wall time
         pipe.hsetnx(state, "started", f"{time.time():.3f}").expire(state, STATE_TTL).execute()
     rows = _score_part(p, model)
@@ -288,7 +187,7 @@ def score(p: Payload, model: Any, redis: Redis | None) -> tuple[int, int | None]
 
 def file_seconds(redis: Redis, p: Payload) -> float:
     """Seconds since the file's first shard began (its wall time across the fleet)."""
-    started = redis.hget(keys.shards(group(p)), "started")
+    started = redis.hget(keys.shards(shard_group(p)), "started")
     return max(time.time() - float(started), 0.0) if started else 0.0
 
 
@@ -327,7 +226,7 @@ def _assemble(redis: Redis, p: Payload) -> int | None:
         if isinstance(e, (TransientError, ConfigError)):  # retried, or failed at once (access denied)
             raise
         raise TransientError(f"{p['input']}: cannot assemble its {count} shards ({e})") from e
-    rows = redis.hmget(keys.shards(group(p)), [f"rows:{i}" for i in range(count)])
+    rows = redis.hmget(keys.shards(shard_group(p)), [f"rows:{i}" for i in range(count)])
     total = sum(int(r or 0) for r in rows)
     if not _outcome(redis, p, "assembled", total):  # a shard failed meanwhile: that failure stands
         with contextlib.suppress(VeloError):
@@ -355,7 +254,7 @@ def _clean(p: Payload) -> None:
 
 def settle(redis: Redis, p: Payload) -> bool:
     """If this shard's file was assembled or failed already, tidy up after it and return True."""
-    failed, assembled = redis.hmget(keys.shards(group(p)), ["failed", "assembled"])
+    failed, assembled = redis.hmget(keys.shards(shard_group(p)), ["failed", "assembled"])
     if assembled is not None:
         _finish(redis, p, int(assembled))
         return True

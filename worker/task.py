@@ -15,18 +15,17 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from worker import keys, metrics, models, payloads, shards, storage
-from worker.batch import FileState, set_state
-from worker.errors import ConfigError, InputError, TransientError, VeloError
-from worker.jobs import Payload, error_uri, lineage, payload_params, validate
+from velosiped import keys, payloads, storage
+from velosiped.access import MODEL_PREFIXES_ENV, check_path
+from velosiped.errors import InputError, TransientError, VeloError
+from velosiped.jobs import Payload, error_uri, lineage, payload_params, validate
+from velosiped.state import FileState, set_state
+from worker import metrics, models, shards
 from worker.scoring import Dialect, is_parquet, score_stream
 
-__all__ = ["ALLOWED_PREFIXES_ENV", "on_job_failure", "score", "score_file"]
+__all__ = ["on_job_failure", "score", "score_file"]
 
 log = logging.getLogger(__name__)
-
-ALLOWED_PREFIXES_ENV = "VELO_ALLOWED_PREFIXES"
-"""Comma-separated URI prefixes a worker may read inputs from and write outputs to; unset: anywhere."""
 
 
 def score() -> dict[str, Any]:
@@ -44,7 +43,7 @@ def score() -> dict[str, Any]:
 
 
 def score_file(payload: dict[str, Any]) -> dict[str, Any]:
-    """Score one file as the payload says (see :mod:`worker.jobs`).
+    """Score one file as the payload says (see :mod:`velosiped.jobs`).
 
     Bad input fails the file once (error recorded, job finished); transient errors raise so
     RQ retries the job, and are recorded as the file's failure on the last attempt.
@@ -121,17 +120,10 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
     payloads.drop(connection, job.id)
 
 
-def _check_path(uri: str, allowed_env: str = ALLOWED_PREFIXES_ENV) -> None:
-    """Whatever a job says, touch only absolute paths or S3 keys, without '..', under the allowed prefixes."""
-    if ".." in uri.split("/") or not (storage.is_s3(uri) or uri.startswith("/")):
-        raise ConfigError(f"{uri}: relative or '..' paths are refused")
-    models.check_prefix(uri, allowed_env, "path" if allowed_env == ALLOWED_PREFIXES_ENV else "model")
-
-
 def _check_paths(p: Payload) -> None:
-    _check_path(p["input"])
-    _check_path(p["output"])
-    _check_path(p["model"], models.MODEL_PREFIXES_ENV)
+    check_path(p["input"])
+    check_path(p["output"])
+    check_path(p["model"], MODEL_PREFIXES_ENV)
 
 
 def _score(p: Payload, redis: Any) -> tuple[int, int | None]:
@@ -210,7 +202,7 @@ def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
         "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        _check_path(p["output"])  # a refused path gets no error file either
+        check_path(p["output"])  # a refused path gets no error file either
         storage.write_json(error_uri(p["output"]), record)
     except Exception as e:  # the reason still reaches `velo status`
         log.warning("%s: cannot write error file: %s", p["input"], e)

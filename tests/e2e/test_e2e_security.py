@@ -35,7 +35,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker import payloads
+from velosiped import payloads
 
 pytestmark = pytest.mark.e2e
 

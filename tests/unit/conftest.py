@@ -7,7 +7,8 @@ import fakeredis
 import pytest
 from moto import mock_aws
 
-from worker import models, storage
+from velosiped import storage
+from worker import models
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

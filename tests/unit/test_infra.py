@@ -176,7 +176,7 @@ def final_stage() -> list[tuple[str, str]]:
 def code_env_names() -> frozenset[str]:
     """REDIS_URL and the VELO_* variables the code under dispatcher/ and worker/ reads."""
     names = set()
-    for package in ("dispatcher", "worker"):
+    for package in ("dispatcher", "velosiped", "worker"):
         for path in (ROOT / package).rglob("*.py"):
             names |= set(re.findall(r"[\"'](VELO_[A-Z0-9_]+|REDIS_URL)[\"']", path.read_text()))
     return frozenset(names)

@@ -1,4 +1,4 @@
-"""Prometheus metrics (worker/metrics.py) on tmp folders and fakeredis; JSON log lines (worker/logs.py)."""
+"""Prometheus metrics (worker/metrics.py) on tmp folders and fakeredis; JSON log lines (velosiped/logs.py)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ from rq.timeouts import JobTimeoutException
 from dispatcher.enqueue import enqueue_batch
 from dispatcher.plan import Options, plan
 from tests.helpers import csv_bytes, dump_model, fit_model, make_frame
+from velosiped.errors import ConfigError, InputError, TransientError
+from velosiped.logs import JsonFormatter
+from velosiped.models import version_of
+from velosiped.rqapi import make_queue
 from worker import metrics, models
-from worker.errors import ConfigError, InputError, TransientError
-from worker.logs import JsonFormatter
-from worker.runner import VeloWorker, make_queue, queue_depth
+from worker.runner import VeloWorker, queue_depth
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,7 +142,7 @@ def test_queue_depth_is_left_out_while_redis_is_away(enabled):
 def test_model_loads_are_timed_and_counted(enabled, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_cache", {})
     path = str(dump_model(fit_model(), tmp_path / "m.joblib"))
-    version = models.version_of(path)
+    version = version_of(path)
     models.load(path, version)
     models.load(path, version)  # from the cache: not a load
     text = scrape()
@@ -156,7 +158,7 @@ def test_jobs_run_by_a_worker_count_their_files_rows_and_failures(enabled, tmp_p
         (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(30, seed=i)))
     (data / "bad.csv").write_bytes(b"a,b\n1,2\n")
     model = dump_model(fit_model(), tmp_path / "m.joblib")
-    opts = Options(model=str(model), model_version=models.version_of(str(model)))
+    opts = Options(model=str(model), model_version=version_of(str(model)))
     redis = fakeredis.FakeStrictRedis()
     batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
 
@@ -263,7 +265,7 @@ def test_rq_worker_lines_come_out_as_json_too():
     code = """
 import logging, warnings
 from rq.logutils import setup_loghandlers
-from worker import logs
+from velosiped import logs
 logs.configure("json")
 setup_loghandlers("INFO", name="rq.worker")
 logging.getLogger("rq.worker").info("*** Listening on velo...")

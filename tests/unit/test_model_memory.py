@@ -6,6 +6,7 @@ import psutil
 import pytest
 
 from tests.helpers import dump_model, fit_model
+from velosiped.models import version_of
 from worker import models
 
 
@@ -14,10 +15,10 @@ def test_each_model_load_releases_what_unpickling_freed(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_malloc_trim", lambda: calls.append)
     first = str(dump_model(fit_model(), tmp_path / "a.joblib"))
     second = str(dump_model(fit_model(), tmp_path / "b.joblib"))
-    models.load(first, models.version_of(first))
-    models.load(first, models.version_of(first))  # from the cache: nothing was freed
+    models.load(first, version_of(first))
+    models.load(first, version_of(first))  # from the cache: nothing was freed
     assert calls == [0]
-    models.load(second, models.version_of(second))
+    models.load(second, version_of(second))
     assert calls == [0, 0]
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import assert_output_matches, csv_bytes, expected_output, fit_model, gz_bytes, make_frame
-from worker.errors import InputError
+from velosiped.errors import InputError
 from worker.scoring import score_stream
 
 
@@ -96,7 +96,7 @@ def test_bad_input_fails_with_one_line_naming_the_file(data, message):
 
 
 def test_gzip_name_without_gzip_content_fails_with_the_reason(tmp_path):
-    from worker import storage
+    from velosiped import storage
 
     path = tmp_path / "x.csv.gz"
     path.write_bytes(b"id,f0\n1,2\n")  # plain text under a .gz name
@@ -162,7 +162,7 @@ def test_empty_parquet_gives_an_empty_parquet_with_the_output_columns():
 
 def test_local_csv_and_csv_gz_score_alike_through_storage(tmp_path):
     """A plain local file is read by pyarrow directly; a .csv.gz must still be decompressed first."""
-    from worker import storage
+    from velosiped import storage
 
     df = make_frame(50)
     (tmp_path / "a.csv").write_bytes(csv_bytes(df))
@@ -180,7 +180,7 @@ def test_local_csv_and_csv_gz_score_alike_through_storage(tmp_path):
 
 def test_a_header_only_local_file_gives_a_header_only_output(tmp_path):
     """The plain local file path (pyarrow's own reader) keeps the spec's header-only promise."""
-    from worker import storage
+    from velosiped import storage
 
     (tmp_path / "h.csv").write_bytes(csv_bytes(make_frame(0)))
     dst = io.BytesIO()

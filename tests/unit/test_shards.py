@@ -13,14 +13,18 @@ import json
 import pandas as pd
 import pytest
 
+from dispatcher import sharding
 from dispatcher.enqueue import enqueue_batch, retry_failed
 from dispatcher.plan import Options, plan
 from dispatcher.status import describe
 from tests.helpers import assert_output_matches, csv_bytes, dump_model, expected_output, fit_model, make_frame
-from worker import models, shards, storage
-from worker.errors import ConfigError, InputError
-from worker.jobs import job_id, validate
-from worker.runner import VeloWorker, make_queue
+from velosiped import storage
+from velosiped.errors import ConfigError, InputError
+from velosiped.jobs import job_id, shard_group, validate
+from velosiped.models import version_of
+from velosiped.rqapi import make_queue
+from worker import shards
+from worker.runner import VeloWorker
 from worker.scoring import score_stream
 
 # ------------------------------------------------------------------------------------------- cutting
@@ -56,7 +60,7 @@ def assert_cut_at_line_ends(data: bytes, cuts: list[tuple[int, int]]) -> None:
 def test_cuts_fall_after_line_ends_and_cover_every_row_once(put):
     data = csv_bytes(make_frame(2_000, seed=1))  # ~80 KB, lines of ~40-50 bytes
     info = put("a.csv", data)
-    cuts = shards.bounds(info, len(data) // 7 + 1)
+    cuts = sharding.bounds(info, len(data) // 7 + 1)
     assert len(cuts) == 7  # ceil(size / shard_size)
     assert_cut_at_line_ends(data, cuts)
 
@@ -67,19 +71,19 @@ def test_a_line_straddling_the_nominal_cut_goes_whole_to_the_earlier_shard(put):
     middle = len(data) // 2
     assert data[middle - 1 : middle] != b"\n"
     # Then the cut moves to the end of that row
-    cuts = shards.bounds(put("a.csv", data), len(data) // 2 + 1)
+    cuts = sharding.bounds(put("a.csv", data), len(data) // 2 + 1)
     assert cuts == [(2, data.index(b"3")), (data.index(b"3"), len(data))]
 
 
 def test_a_nominal_cut_on_a_line_start_stays_there(put):
     data = b"h\n" + b"a" * 13 + b"\n" + b"b" * 15 + b"\n"  # 2 + 14 + 16 = 32 bytes: the middle is 16
     assert data[15:16] == b"\n"
-    assert shards.bounds(put("a.csv", data), 16) == [(2, 16), (16, 32)]
+    assert sharding.bounds(put("a.csv", data), 16) == [(2, 16), (16, 32)]
 
 
 def test_crlf_line_ends_stay_whole(put):
     data = b"id,f0\r\n" + b"".join(b"%d,0.5\r\n" % i for i in range(400))
-    cuts = shards.bounds(put("a.csv", data), len(data) // 3 + 1)
+    cuts = sharding.bounds(put("a.csv", data), len(data) // 3 + 1)
     assert len(cuts) == 3
     assert_cut_at_line_ends(data, cuts)
     assert all(data[end - 2 : end] == b"\r\n" for _, end in cuts)
@@ -87,42 +91,42 @@ def test_crlf_line_ends_stay_whole(put):
 
 def test_fewer_lines_than_shards_gives_one_shard_per_line_at_most(put):
     data = b"id,f0\n1,2\n3,4\n5,6\n"
-    cuts = shards.bounds(put("a.csv", data), 1)  # asks for 20 shards
+    cuts = sharding.bounds(put("a.csv", data), 1)  # asks for 20 shards
     assert cuts == [(6, 10), (10, 14), (14, 18)]
 
 
 def test_files_that_are_not_split(put, tmp_path):
-    assert shards.bounds(put("h.csv", b"id,f0,f1\n" * 1), 2) == []  # header only
-    assert shards.bounds(put("one.csv", b"id\n" + b"1" * 100 + b"\n"), 10) == []  # one row
-    assert shards.bounds(put("nolf.csv", b"x" * 100), 10) == []  # no line end at all
+    assert sharding.bounds(put("h.csv", b"id,f0,f1\n" * 1), 2) == []  # header only
+    assert sharding.bounds(put("one.csv", b"id\n" + b"1" * 100 + b"\n"), 10) == []  # one row
+    assert sharding.bounds(put("nolf.csv", b"x" * 100), 10) == []  # no line end at all
     big = csv_bytes(make_frame(200))
-    assert shards.bounds(put("small.csv", big), len(big)) == []  # not above the shard size
-    assert shards.bounds(put("off.csv", big), 0) == []  # sharding off
-    assert shards.bounds(put("a.csv.gz", big), 100) == []  # compressed: byte offsets are not rows
-    assert shards.bounds(put("a.parquet", big), 100) == []
-    assert shards.bounds(put("u.csv", big), 100, encoding="utf-16") == []  # a line end is not one byte
-    assert len(shards.bounds(put("l.csv", big), 1000, encoding="latin-1")) > 1
+    assert sharding.bounds(put("small.csv", big), len(big)) == []  # not above the shard size
+    assert sharding.bounds(put("off.csv", big), 0) == []  # sharding off
+    assert sharding.bounds(put("a.csv.gz", big), 100) == []  # compressed: byte offsets are not rows
+    assert sharding.bounds(put("a.parquet", big), 100) == []
+    assert sharding.bounds(put("u.csv", big), 100, encoding="utf-16") == []  # a line end is not one byte
+    assert len(sharding.bounds(put("l.csv", big), 1000, encoding="latin-1")) > 1
 
 
 def test_a_file_changed_since_the_listing_is_refused(put):
     info = put("a.csv", csv_bytes(make_frame(100)))
     put("a.csv", csv_bytes(make_frame(120)))
     with pytest.raises(InputError, match="changed since it was dispatched"):
-        shards.bounds(info, 100)
+        sharding.bounds(info, 100)
 
 
 def test_shard_sizes_parse():
-    assert shards.parse_size("0") == 0
-    assert shards.parse_size("1048576") == 1 << 20
-    assert shards.parse_size("512MB") == shards.parse_size("512mib") == shards.parse_size("512M") == 512 << 20
-    assert shards.parse_size("1GB") == shards.parse_size(" 1 GiB ") == 1 << 30
-    assert shards.parse_size("1.5g") == 3 << 29
+    assert sharding.parse_size("0") == 0
+    assert sharding.parse_size("1048576") == 1 << 20
+    assert sharding.parse_size("512MB") == sharding.parse_size("512mib") == sharding.parse_size("512M") == 512 << 20
+    assert sharding.parse_size("1GB") == sharding.parse_size(" 1 GiB ") == 1 << 30
+    assert sharding.parse_size("1.5g") == 3 << 29
     for bad in ("abc", "MB", "1XB", "inf", "nan"):
         with pytest.raises(ConfigError, match="not a size"):
-            shards.parse_size(bad)
+            sharding.parse_size(bad)
     for small in ("1000", "-1GB"):
         with pytest.raises(ConfigError, match="use 0 \\(off\\) or at least 1MB"):
-            shards.parse_size(small)
+            sharding.parse_size(small)
 
 
 # ------------------------------------------------------------------------------------------ payloads
@@ -167,7 +171,7 @@ def test_shard_field_is_optional_and_strict():
 
 
 def test_each_shard_is_its_own_job_and_a_whole_file_keeps_its_id():
-    jobs = shards.expand(dict(BASE), [(10, 20), (20, 30), (30, 40)])
+    jobs = sharding.expand(dict(BASE), [(10, 20), (20, 30), (30, 40)])
     assert [j["shard"] for j in jobs] == [
         {"index": 0, "count": 3, "start": 10, "end": 20},
         {"index": 1, "count": 3, "start": 20, "end": 30},
@@ -175,8 +179,8 @@ def test_each_shard_is_its_own_job_and_a_whole_file_keeps_its_id():
     ]
     assert len({job_id(j) for j in jobs} | {job_id(BASE)}) == 4
     assert job_id({**BASE, "shard": None}) == job_id(BASE)
-    assert shards.expand(dict(BASE), []) == [BASE]
-    assert len({shards.group(j) for j in jobs}) == 1  # one file, one progress hash, one parts folder
+    assert sharding.expand(dict(BASE), []) == [BASE]
+    assert len({shard_group(j) for j in jobs}) == 1  # one file, one progress hash, one parts folder
     assert json.loads(json.dumps(jobs[0])) == jobs[0]  # plain JSON on the wire
 
 
@@ -206,7 +210,7 @@ def whole(data: bytes, model, **kw) -> bytes:
 
 def options(tmp_path, model, shard_size: int, **kw) -> Options:
     path = dump_model(model, tmp_path / "m.joblib")
-    return Options(model=str(path), model_version=models.version_of(str(path)), shard_size=shard_size, **kw)
+    return Options(model=str(path), model_version=version_of(str(path)), shard_size=shard_size, **kw)
 
 
 def dispatch(redis, source: str, opts: Options):
@@ -419,7 +423,7 @@ def test_s3_parts_of_5_mib_are_assembled_server_side_and_small_ones_streamed(red
     monkeypatch.setattr(
         storage, "compose", lambda uri, parts, meta: composed.append(len(parts)) or real(uri, parts, meta)
     )
-    version = models.version_of("s3://bkt/models/m.joblib")
+    version = version_of("s3://bkt/models/m.joblib")
     opts = Options(model="s3://bkt/models/m.joblib", model_version=version, shard_size=7 << 20)
     planned, batch = dispatch(redis, "s3://bkt/in/", opts)
     assert len(planned[0].shards) == 2

@@ -13,9 +13,11 @@ from dispatcher import status
 from dispatcher.enqueue import enqueue_batch
 from dispatcher.plan import Options, Planned
 from tests.helpers import dump_model, fit_model
-from worker import keys, models
-from worker.runner import VeloWorker, make_queue
-from worker.storage import ObjectInfo
+from velosiped import keys
+from velosiped.models import version_of
+from velosiped.rqapi import make_queue
+from velosiped.storage import ObjectInfo
+from worker.runner import VeloWorker
 
 
 def batch(redis, batch_id: str, **counters) -> None:
@@ -59,7 +61,7 @@ def test_workers_alive_on_the_queue_with_their_state(redis):
 def test_a_busy_worker_shows_the_file_and_shard_in_hand(redis, tmp_path):
     # Given a small file and a file in two shards, queued
     model = dump_model(fit_model(), tmp_path / "m.joblib")
-    opts = Options(model=str(model), model_version=models.version_of(str(model)))
+    opts = Options(model=str(model), model_version=version_of(str(model)))
     small = Planned(ObjectInfo(str(tmp_path / "a.csv"), "v1", 10), str(tmp_path / "a.out.csv"), "new")
     halves = ((0, 50), (50, 100))
     big = Planned(ObjectInfo(str(tmp_path / "b.csv"), "v1", 100), str(tmp_path / "b.out.csv"), "new", halves)

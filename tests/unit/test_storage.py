@@ -10,8 +10,10 @@ import joblib
 import pytest
 
 from tests.helpers import fit_model
-from worker import models, storage
-from worker.errors import ConfigError, InputError
+from velosiped import storage
+from velosiped.errors import ConfigError, InputError
+from velosiped.models import version_of
+from worker import models
 
 
 def test_s3_write_is_aborted_on_error_and_complete_with_metadata_on_success(mock_s3):
@@ -44,7 +46,7 @@ def test_local_files_need_neither_smart_open_nor_boto3(tmp_path):
     """A local batch starts without S3's imports (boto3, smart_open): plain and .gz files use the standard library."""
     script = f"""
 import gzip, sys
-from worker import storage
+from velosiped import storage
 for name in ("1.out.csv", "2.out.csv.gz"):
     uri = {str(tmp_path)!r} + "/" + name
     with storage.write_atomic(uri) as out:
@@ -77,9 +79,9 @@ def test_an_s3_model_replaced_after_dispatch_is_refused(mock_s3, tmp_path, monke
     path = tmp_path / "m.joblib"
     joblib.dump(fit_model(), path)
     mock_s3.upload_file(str(path), "bkt", "models/m.joblib")
-    version = models.version_of("s3://bkt/models/m.joblib")  # what the dispatcher saw
+    version = version_of("s3://bkt/models/m.joblib")  # what the dispatcher saw
     joblib.dump(fit_model("multiclass"), path)
     mock_s3.upload_file(str(path), "bkt", "models/m.joblib")  # replaced before any worker loaded it
     with pytest.raises(InputError, match="model changed since dispatch"):
         models.load("s3://bkt/models/m.joblib", version)
-    assert models.load("s3://bkt/models/m.joblib", models.version_of("s3://bkt/models/m.joblib")) is not None
+    assert models.load("s3://bkt/models/m.joblib", version_of("s3://bkt/models/m.joblib")) is not None

@@ -6,7 +6,7 @@ import fakeredis
 
 from dispatcher.plan import Options
 from dispatcher.watch import watch
-from worker import keys, storage
+from velosiped import keys, storage
 
 
 def listings(client) -> list[dict]:

@@ -13,8 +13,11 @@ from dispatcher.enqueue import enqueue_batch, payload_for, retry_failed
 from dispatcher.plan import Options, plan
 from dispatcher.status import describe
 from tests.helpers import csv_bytes, dump_model, fit_model, make_frame
-from worker import models, payloads
-from worker.runner import VeloWorker, make_queue
+from velosiped import payloads
+from velosiped.models import version_of
+from velosiped.rqapi import make_queue
+from worker import models
+from worker.runner import VeloWorker
 
 
 @pytest.fixture
@@ -24,7 +27,7 @@ def folder(tmp_path):
     for i in range(10):
         (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(30, seed=i)))
     model = dump_model(fit_model(), tmp_path / "m.joblib")
-    opts = Options(model=str(model), model_version=models.version_of(str(model)))
+    opts = Options(model=str(model), model_version=version_of(str(model)))
     return str(data), opts
 
 

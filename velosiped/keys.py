@@ -15,7 +15,7 @@ PAYLOADS = PREFIX + "payloads"
 
 
 def options(digest: str) -> str:
-    """String: the options a dispatch gave every file, JSON, named by their SHA-256 (see worker.payloads)."""
+    """String: the options a dispatch gave every file, JSON, named by their SHA-256 (see velosiped.payloads)."""
     return f"{PREFIX}options:{digest}"
 
 

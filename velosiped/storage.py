@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import botocore.exceptions
 
-from worker.errors import ConfigError, InputError, TransientError
+from velosiped.errors import ConfigError, InputError, TransientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -63,6 +63,9 @@ S3_MAX_PART = 5 * 1024 * 1024 * 1024
 
 WINDOW = 64 * 1024
 """Bytes read at a time when looking for a line end."""
+
+MAX_HEADER = 16 * 1024 * 1024
+"""Longest header line accepted."""
 
 _TRANSIENT_CODES = {
     "500",

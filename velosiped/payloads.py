@@ -20,9 +20,9 @@ import json
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from worker import keys
-from worker.errors import InputError
-from worker.jobs import INLINE_TASK, Payload, validate
+from velosiped import keys
+from velosiped.errors import InputError
+from velosiped.jobs import INLINE_TASK, Payload, validate
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -12,7 +12,7 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from worker import keys, lua
+from velosiped import keys, lua
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -2,7 +2,7 @@
 
 RQ carries the task's import path with its ``JSONSerializer``, never a pickle. A job the
 dispatcher queues names no argument: its payload waits in Redis under the job's id (see
-:mod:`worker.payloads`). A job naming ``score_file(payload)`` (the form before that) still runs.
+:mod:`velosiped.payloads`). A job naming ``score_file(payload)`` (the form before that) still runs.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, TypedDict
 
-from worker.errors import InputError
+from velosiped.errors import InputError
 
 __all__ = [
     "FAILURE_CALLBACK",
     "INLINE_TASK",
+    "PARTS_SUFFIX",
     "TASK",
     "Payload",
     "Shard",
@@ -24,6 +25,7 @@ __all__ = [
     "lineage",
     "params_key",
     "payload_params",
+    "shard_group",
     "validate",
 ]
 
@@ -165,3 +167,14 @@ def lineage(payload: Payload) -> dict[str, str]:
 def error_uri(output: str) -> str:
     """Where a failed file's reason is written: next to where its output would be."""
     return output + ".error.json"
+
+
+PARTS_SUFFIX = ".velo-parts"
+"""``<output>.velo-parts/<group>/<index>.part``: where shard outputs wait to be assembled."""
+
+
+def shard_group(p: Payload) -> str:
+    """The same for every shard of one plan of one file version, model, output and options."""
+    whole: Any = {k: v for k, v in p.items() if k != "shard"}
+    count = p["shard"]["count"] if p.get("shard") else 1
+    return hashlib.sha256(f"{job_id(whole)}\0{count}".encode()).hexdigest()[:24]
