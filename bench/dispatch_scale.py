@@ -26,7 +26,7 @@ from dispatcher.enqueue import enqueue_batch, payload_for
 from dispatcher.plan import Options, Planned, plan
 from dispatcher.status import describe
 from velosiped import storage
-from velosiped.jobs import INLINE_TASK, job_id
+from velosiped.jobs import TASK, job_id
 from velosiped.rqapi import make_queue
 from velosiped.storage import ObjectInfo
 
@@ -161,7 +161,7 @@ def baseline(r: redis.Redis, infos: list[ObjectInfo]) -> float:
     for info in infos:
         item = Planned(info, info.uri.replace(".csv", ".out.csv"), "new")
         payload = payload_for(item, OPTS, "baseline")
-        q.enqueue_call(INLINE_TASK, args=(payload,), job_id=job_id(payload), unique=True, description=info.uri)
+        q.enqueue_call(TASK, args=(payload,), job_id=job_id(payload), unique=True, description=info.uri)
     return (time.perf_counter() - started) / len(infos) * 1e3
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -310,3 +311,15 @@ def assert_last_velo_line(stderr: str, *mentions: str) -> str:
     for mention in mentions:
         assert mention.lower() in velo_lines[0].lower(), f"`velo: ` line does not mention {mention!r}" + where
     return velo_lines[0]
+
+
+def push_job(queue, job_id: str, payload: dict, **enqueue: object):
+    """A scoring job pushed straight into Redis, as a hostile or buggy client could: its payload (any
+    fields, any types) where a worker looks for it (velosiped.payloads' layout), the job by RQ's own API."""
+    own = ("input", "input_version", "output")
+    options = json.dumps({k: v for k, v in payload.items() if k not in own}, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(options.encode()).hexdigest()[:16]
+    conn = queue.connection
+    conn.set(f"velo:options:{digest}", options)
+    conn.hset("velo:payloads", job_id, json.dumps([digest, *(payload[k] for k in own)]))
+    return queue.enqueue_call("worker.task.score", job_id=job_id, **enqueue)

@@ -1,8 +1,8 @@
 """The job on the wire: one JSON object per file, checked before anything runs.
 
-RQ carries the task's import path with its ``JSONSerializer``, never a pickle. A job the
-dispatcher queues names no argument: its payload waits in Redis under the job's id (see
-:mod:`velosiped.payloads`). A job naming ``score_file(payload)`` (the form before that) still runs.
+RQ carries the task's import path with its ``JSONSerializer``, never a pickle. A job names
+no argument: its payload waits in Redis under the job's id (see :mod:`velosiped.payloads`),
+so the only function a worker runs takes nothing a hostile job could shape.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from velosiped.errors import InputError
 
 __all__ = [
     "FAILURE_CALLBACK",
-    "INLINE_TASK",
     "PARTS_SUFFIX",
     "TASK",
     "Payload",
@@ -31,9 +30,6 @@ __all__ = [
 
 TASK = "worker.task.score"
 """Import path of the function a queued Velosiped job names, without arguments."""
-
-INLINE_TASK = "worker.task.score_file"
-"""The other function a job may name, with its payload as its one argument."""
 
 FAILURE_CALLBACK = "worker.task.on_job_failure"
 """RQ failure callback: records a file whose job failed for good (e.g. its workers kept dying)."""

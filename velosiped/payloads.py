@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from velosiped import keys
 from velosiped.errors import InputError
-from velosiped.jobs import INLINE_TASK, Payload, validate
+from velosiped.jobs import Payload, validate
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -73,7 +73,7 @@ def _digest(options: bytes) -> str:
 
 
 def _unpack(fields: list[Any], options: Any) -> Payload:
-    """The payload from its two stored parts, checked as an inline one is; InputError if it is not one."""
+    """The payload from its two stored parts, checked; InputError if it is not one."""
     if not isinstance(options, dict):
         raise InputError("job payload: its options are not a JSON object")
     payload: dict[str, Any] = {**options, **dict(zip(_OWN_FIELDS, fields[1:4], strict=True))}
@@ -116,10 +116,8 @@ def load(redis: Redis, job_id: str) -> Payload | None:
 
 
 def of_job(job: Job, redis: Redis) -> Payload | None:
-    """The payload ``job`` scores, whichever its form (inline argument, or in Redis under its id);
-    None once its outcome is recorded; InputError if it is not a valid one."""
-    if job.func_name == INLINE_TASK:
-        return validate(job.args[0] if len(job.args) == 1 else None)
+    """The payload ``job`` scores (in Redis under its id); None once its outcome is recorded;
+    InputError if it is not a valid one."""
     return load(redis, job.id)
 
 

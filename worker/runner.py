@@ -44,7 +44,7 @@ from rq.worker_pool import WorkerPool
 from velosiped import logs, payloads, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
 from velosiped.errors import InputError, redact
-from velosiped.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, Payload
+from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload
 from velosiped.rqapi import make_queue
 from worker import metrics, models
 
@@ -69,14 +69,12 @@ class JobRefused(Exception):
 
 
 def check_job(job: Job) -> Payload | None:
-    """Refuse anything but ``score()`` with a valid payload in Redis, or ``score_file(payload)``,
-    whatever was pushed into Redis; the payload (None: its outcome is recorded, the job says so)."""
-    if job.func_name not in (TASK, INLINE_TASK):
+    """Refuse anything but ``score()`` without arguments and with a valid payload in Redis, whatever
+    was pushed into Redis; the payload (None: its outcome is recorded, the job says so)."""
+    if job.func_name != TASK:
         raise JobRefused(f"job {job.id}: function {job.func_name!r} is not {TASK}; refused")
-    if job.func_name == TASK and (job.args or job.kwargs):
+    if job.args or job.kwargs:
         raise JobRefused(f"job {job.id}: {TASK} takes no arguments; refused")
-    if job.func_name == INLINE_TASK and (len(job.args) != 1 or job.kwargs or not isinstance(job.args[0], dict)):
-        raise JobRefused(f"job {job.id}: {INLINE_TASK} takes one JSON object; refused")
     try:
         payload = payloads.of_job(job, job.connection)
     except InputError as e:

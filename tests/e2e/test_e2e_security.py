@@ -1,6 +1,6 @@
 """Security on real processes: hostile jobs pushed straight into Redis, booby-trapped models, Redis AUTH.
 
-A worker runs only `worker.task.score()` (its payload in Redis) or `worker.task.score_file(payload)`,
+A worker runs only `worker.task.score()` without arguments (its payload in Redis, checked),
 reads and writes only under `VELO_ALLOWED_PREFIXES`, unpickles models only from `VELO_MODEL_PREFIXES` and only after
 `--model-sha256` matched; passwords in Redis URLs never show.
 """
@@ -28,6 +28,7 @@ from helpers import (
     is_sidecar,
     make_frame,
     model_bytes,
+    push_job,
     read_output,
     wait_until,
 )
@@ -39,8 +40,12 @@ from velosiped import payloads
 
 pytestmark = pytest.mark.e2e
 
-TASK = "worker.task.score_file"
-REF_TASK = "worker.task.score"
+TASK = "worker.task.score"
+INLINE_TASK = "worker.task.score_file"
+"""The form that carried its payload as an argument: gone, so refused like any other function."""
+BY_REFERENCE = TASK
+"""A hostile entry naming TASK with one payload argument is pushed as a real job is: the payload
+written where a worker looks for it, the job naming no argument."""
 
 
 class Boobytrap:
@@ -126,10 +131,11 @@ def test_hostile_jobs_pushed_into_redis_are_refused_and_the_worker_keeps_serving
             None,
             None,
         ),
+        "inline form": (INLINE_TASK, (good_shape,), None, None),
         "extra field": (TASK, ({**good_shape, "evil": "x"},), None, None),
         "wrong type": (TASK, ({**good_shape, "proba": "yes"},), None, None),
-        "two arguments": (TASK, (good_shape, good_shape), None, None),
-        "keyword argument": (TASK, (), {"payload": good_shape}, None),
+        "two arguments": (TASK, (good_shape, good_shape), None, "no arguments"),
+        "keyword argument": (TASK, (), {"payload": good_shape}, "no arguments"),
         "local input outside": (
             TASK,
             (payload(str(secret_file), output=str(allowed / "in" / "stolen.out.csv")),),
@@ -175,18 +181,16 @@ def test_hostile_jobs_pushed_into_redis_are_refused_and_the_worker_keeps_serving
         ),
     }
     mentions = {"by reference: local input outside": "VELO_ALLOWED_PREFIXES", "by reference: s3 ..": ".."}
-    hostile |= {name: (REF_TASK, (), None, mentions[name]) for name in by_reference}
+    hostile |= {name: (TASK, (by_reference[name],), None, mentions[name]) for name in by_reference}
     # And those jobs pushed straight into the queue with RQ's own API (JSON, as Velosiped's are)
     queue = Queue("velo", connection=conn, serializer=JSONSerializer)
     job_ids = {}
     for name, (func, args, kwargs, _) in hostile.items():
         jid = "hostile-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)
-        if name in by_reference:
-            digest, options = payloads.pack_options(by_reference[name])
-            own = payloads.pack_own(by_reference[name], digest)
-            conn.set(f"velo:options:{digest}", options)
-            conn.hset("velo:payloads", jid, own)
-        job = queue.enqueue_call(func, args=args, kwargs=kwargs, job_id=jid)
+        if func == BY_REFERENCE and len(args) == 1 and not kwargs:
+            job = push_job(queue, jid, args[0])
+        else:
+            job = queue.enqueue_call(func, args=args, kwargs=kwargs, job_id=jid)
         job_ids[name] = job.id
     assert queue.count == len(hostile)
 
@@ -231,7 +235,8 @@ def test_hostile_jobs_pushed_into_redis_are_refused_and_the_worker_keeps_serving
             target = args[0]["input"] if args and isinstance(args[0], dict) else target
             assert target in batch_failures, f"{name}: neither in RQ's failed registry nor a failed file of its batch"
             reason = batch_failures[target]
-        if name in ("os.system", "builtins.eval", "extra field", "wrong type", "two arguments", "keyword argument"):
+        refused = ("os.system", "builtins.eval", "inline form", "extra field", "wrong type", "two arguments")
+        if name in (*refused, "keyword argument"):
             assert job_ids[name] in failed_registry, f"{name}: not in RQ's failed registry"
         if mention:
             assert mention in reason, f"{name}: reason does not mention {mention!r}: {reason!r}"
@@ -322,7 +327,7 @@ def test_model_outside_velo_model_prefixes_is_never_unpickled(clean_redis, velo,
     [template] = [payloads.load(conn, job.id) for job in templates.get_jobs()]
     templates.empty()
     sneaky = {**template, "model": dodge, "output": str(folder / "2.out.csv"), "batch": "sneaky"}
-    job = queue.enqueue_call(TASK, args=(sneaky,), job_id="sneaky-model")
+    job = push_job(queue, "sneaky-model", sneaky)
 
     # Then it is refused too (failed file or RQ failure), and the trap never went off
     def refused():

@@ -12,7 +12,7 @@ from rq import Callback
 from dispatcher.enqueue import enqueue_batch, payload_for, retry_failed
 from dispatcher.plan import Options, plan
 from dispatcher.status import describe
-from tests.helpers import csv_bytes, dump_model, fit_model, make_frame
+from tests.helpers import csv_bytes, dump_model, fit_model, make_frame, push_job
 from velosiped import payloads
 from velosiped.models import version_of
 from velosiped.rqapi import make_queue
@@ -165,15 +165,17 @@ def test_a_scoring_job_with_unknown_fields_or_hostile_callbacks_is_refused(redis
     marker = tmp_path / "pwned"
     item = next(iter(plan(source, opts)))
     payload = payload_for(item, opts, "b1")
-    extra = q.enqueue_call("worker.task.score_file", args=({**payload, "cmd": "x"},))
-    hostile_cb = q.enqueue_call("worker.task.score_file", args=(payload,), on_success=Callback("os.getcwd"))
-    traversal = q.enqueue_call("worker.task.score_file", args=({**payload, "output": "/tmp/../etc/x.out.csv"},))
+    extra = push_job(q, "extra", {**payload, "cmd": "x"})
+    hostile_cb = push_job(q, "hostile-cb", payload, on_success=Callback("os.getcwd"))
+    traversal = push_job(q, "traversal", {**payload, "output": "/tmp/../etc/x.out.csv"})
+    inline = q.enqueue_call("worker.task.score_file", args=(payload,))  # the inline form is gone
     work(redis)
     assert not marker.exists()
     assert hostile_cb.id in q.failed_job_registry.get_job_ids()
     assert not (tmp_path / "data" / "0.out.csv").exists()  # neither refused job scored the file
     assert extra.id in q.failed_job_registry.get_job_ids()
     assert "unknown fields ['cmd']" in extra.latest_result().exc_string
+    assert inline.id in q.failed_job_registry.get_job_ids()
     b = describe(redis, "b1")
     assert b["failures"] == [
         {"file": item.info.uri, "error": "/tmp/../etc/x.out.csv: relative or '..' paths are refused"}
