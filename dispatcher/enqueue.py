@@ -11,14 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from rq import Callback, Retry
 from rq.job import Job, JobStatus
-from rq.scripts import _build_hset_args  # pinned rq 3.0
 
 from dispatcher import sharding
 from velosiped import keys, lua, payloads, storage
 from velosiped.errors import InputError
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, shard_group
-from velosiped.rqapi import make_queue
-from velosiped.state import STATE_LUA
+from velosiped.rqapi import make_queue, queued_job_fields
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -117,49 +115,6 @@ def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
     return cleared
 
 
-# Enqueue a chunk of files at once, each file's jobs only if none of them is there already (the
-# check RQ's own unique-enqueue script makes for one job, here for a file's shards together),
-# with the file's payloads and its state in the batch (velosiped.state's own rule), atomically.
-# KEYS: queue list, payloads hash, batch files, counters and errors hashes, RQ's set of queues,
-#   then per file: its jobs' keys, and its shards' progress key if it is sharded.
-# ARGV: queue key, options key, options JSON, now, n = length of the job hash template, the
-#   template (field, value, ...: RQ's own serialization of the job, the same for every job of a
-#   chunk), then per file: its URI, its job count, 1 if sharded else 0, then (job id, payload) per job.
-# Returns per file 1 if its jobs were added, 0 if one of them was there already.
-_ENQUEUE = (
-    STATE_LUA
-    + """
-redis.call('SET', ARGV[2], ARGV[3])
-local n = tonumber(ARGV[5])
-local template = {unpack(ARGV, 6, 5 + n)}
-local a, k = 6 + n, 7
-local added = {}
-while a <= #ARGV do
-  local file, jobs, sharded = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
-  local free = true
-  for j = 0, jobs - 1 do
-    if redis.call('EXISTS', KEYS[k + j]) == 1 then free = false; break end
-  end
-  if free then
-    for j = 0, jobs - 1 do
-      local id = ARGV[a + 3 + 2 * j]
-      redis.call('HSET', KEYS[k + j], unpack(template))
-      redis.call('HSET', KEYS[2], id, ARGV[a + 4 + 2 * j])
-      redis.call('RPUSH', KEYS[1], id)
-    end
-    if sharded then redis.call('DEL', KEYS[k + jobs]) end -- a new attempt starts from no shard done
-    set_state(KEYS[3], KEYS[4], KEYS[5], file, 'queued', 0, '', ARGV[4])
-  end
-  added[#added + 1] = free and 1 or 0
-  k = k + jobs + (sharded and 1 or 0)
-  a = a + 3 + 2 * jobs
-end
-redis.call('SADD', KEYS[6], ARGV[1])
-return added
-"""
-)
-
-
 def _template(q: Queue, timeout: int) -> list[Any]:
     """What RQ writes into a job's hash for a Velosiped job (no argument: its payload is apart)."""
     job = q.create_job(
@@ -174,13 +129,9 @@ def _template(q: Queue, timeout: int) -> list[Any]:
         retry=Retry(max=RETRIES),
         on_failure=Callback(FAILURE_CALLBACK),
     )
-    q._prepare_for_queue(job)
     if job.ttl is not None:
         raise AssertionError("Velosiped jobs do not expire while queued")
-    args = _build_hset_args(job)
-    # RQ writes '' for what a queued job has not (worker, start, end...) and reads a missing
-    # field as it reads '' (Job.restore: `if obj.get(...)`): ~100 bytes a job saved.
-    return [x for pair in zip(args[::2], args[1::2], strict=True) if pair[1] != "" for x in pair]
+    return queued_job_fields(q, job)
 
 
 def _enqueue(redis: Redis, queue: str, files: list[list[Payload]], timeout: int) -> list[bool]:
@@ -208,7 +159,7 @@ def _enqueue(redis: Redis, queue: str, files: list[list[Payload]], timeout: int)
 
 
 def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[str]], timeout: int) -> list[bool]:
-    """One run of the chunk script (see _ENQUEUE); the files share their batch and options."""
+    """One run of the chunk script (velosiped/scripts/enqueue.lua); the files share their batch and options."""
     q = make_queue(redis, queue)
     first = files[0][0]
     batch_id = first["batch"]
@@ -226,7 +177,7 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
             job_keys.append(keys.shards(shard_group(group[0])))
     batch_keys = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]
     all_keys = [q.key, keys.PAYLOADS, *batch_keys, q.redis_queues_keys, *job_keys]
-    return [bool(a) for a in lua.script(redis, _ENQUEUE)(keys=all_keys, args=args)]
+    return [bool(a) for a in lua.script(redis, "state.lua", "enqueue.lua")(keys=all_keys, args=args)]
 
 
 def _chunks(files: list[list[Payload]]) -> Iterator[list[list[Payload]]]:

@@ -1,21 +1,35 @@
-"""Velosiped's Lua scripts on Redis, each registered once per connection pool, not once per call."""
+"""Velosiped's Lua scripts on Redis: ``.lua`` files in ``velosiped/scripts/``, read once and
+registered once per connection pool, not once per call.
+
+A script may include another: ``script(redis, "state.lua", "enqueue.lua")`` runs the two
+files as one, so the rule that moves a file between states (``state.lua``) has one text.
+"""
 
 from __future__ import annotations
 
+from functools import cache
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
-__all__ = ["script"]
+__all__ = ["script", "source"]
 
-_registered: dict[tuple[int, str], Any] = {}
+_registered: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
-def script(redis: Redis | Pipeline, source: str) -> Any:
-    """``source`` as a callable script (EVALSHA, loading it on first use) for ``redis``'s pool."""
-    key = (id(redis.connection_pool), source)
+@cache
+def source(*names: str) -> str:
+    """The text of the named files of ``velosiped/scripts/``, in order, as one script."""
+    folder = resources.files("velosiped") / "scripts"
+    return "\n".join((folder / name).read_text(encoding="utf-8") for name in names)
+
+
+def script(redis: Redis | Pipeline, *names: str) -> Any:
+    """The named files as one callable script (EVALSHA, loading it on first use) for ``redis``'s pool."""
+    key = (id(redis.connection_pool), names)
     if key not in _registered:
-        _registered[key] = redis.register_script(source)
+        _registered[key] = redis.register_script(source(*names))
     return _registered[key]

@@ -131,38 +131,16 @@ def _score_part(p: Payload, model: Any) -> int:
         return rows
 
 
-# KEYS: the file's shard hash. ARGV: shard index, its rows, shard count, ttl.
-_RECORD = """
-if redis.call('HEXISTS', KEYS[1], 'failed') == 1 then return 'failed' end
-if redis.call('HEXISTS', KEYS[1], 'assembled') == 1 then return 'assembled' end
-if redis.call('HSET', KEYS[1], 'rows:' .. ARGV[1], ARGV[2]) == 1 then  -- a re-run shard counts once
-  redis.call('HINCRBY', KEYS[1], 'recorded', 1)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if tonumber(redis.call('HGET', KEYS[1], 'recorded')) >= tonumber(ARGV[3]) then return 'assemble' end
-return 'wait'
-"""
-
-# KEYS: the file's shard hash. ARGV: 'assembled' or 'failed', its value, ttl. The first outcome wins.
-_OUTCOME = """
-local other = ARGV[1] == 'failed' and 'assembled' or 'failed'
-if redis.call('HEXISTS', KEYS[1], other) == 1 then return 0 end
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-
 def _record(redis: Redis, p: Payload, rows: int) -> str:
     """Add this shard's rows; 'assemble' when it completed the set, else 'wait', 'failed' or 'assembled'."""
     s = p["shard"]
     args = [s["index"], rows, s["count"], STATE_TTL]
-    verdict = lua.script(redis, _RECORD)(keys=[keys.shards(shard_group(p))], args=args)
+    verdict = lua.script(redis, "shard_record.lua")(keys=[keys.shards(shard_group(p))], args=args)
     return verdict.decode() if isinstance(verdict, bytes) else str(verdict)
 
 
 def _outcome(redis: Redis, p: Payload, outcome: str, value: str | int) -> bool:
-    script = lua.script(redis, _OUTCOME)
+    script = lua.script(redis, "shard_outcome.lua")
     return bool(script(keys=[keys.shards(shard_group(p))], args=[outcome, value, STATE_TTL]))
 
 
