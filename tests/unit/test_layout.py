@@ -1,0 +1,63 @@
+"""The import rule, so the layout cannot drift back: ``velosiped`` (the shared core) imports neither
+side, ``worker`` never imports ``dispatcher``, and ``dispatcher`` imports ``worker`` only inside the
+commands that run workers (``velo run``, ``velo worker``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RUNS_WORKERS = {"run", "worker", "local_workers"}
+"""Functions of dispatcher/cli.py that start workers, so may import them."""
+
+
+def imports(path: Path) -> list[tuple[str, str | None]]:
+    """(module imported, name of the top-level function importing it, None at module level)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[tuple[str, str | None]] = []
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = function
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and function is None:
+                name = child.name
+            if isinstance(child, ast.Import):
+                found.extend((a.name, name) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                found.append((child.module, name))
+            visit(child, name)
+
+    visit(tree, None)
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    paths = sorted((ROOT / package).rglob("*.py"))
+    assert paths, f"no modules under {package}/"
+    return paths
+
+
+def top(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_velosiped_imports_neither_side():
+    bad = [(p.name, m) for p in modules("velosiped") for m, _ in imports(p) if top(m) in {"dispatcher", "worker"}]
+    assert not bad, f"the shared core imports a side: {bad}"
+
+
+def test_worker_never_imports_the_dispatcher():
+    bad = [(p.name, m) for p in modules("worker") for m, _ in imports(p) if top(m) == "dispatcher"]
+    assert not bad, f"worker imports dispatcher: {bad}"
+
+
+def test_dispatcher_imports_worker_only_where_a_command_runs_workers():
+    bad = [
+        (p.name, m, f)
+        for p in modules("dispatcher")
+        for m, f in imports(p)
+        if top(m) == "worker" and not (p.name == "cli.py" and f in RUNS_WORKERS)
+    ]
+    assert not bad, f"dispatcher imports worker outside the commands that run workers: {bad}"
