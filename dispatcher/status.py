@@ -18,8 +18,8 @@ from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from velosiped import keys, payloads
-from velosiped.connection import REDIS_GIVE_UP, describe_connection, fail_fast
+from velosiped import keys, payloads, settings
+from velosiped.connection import describe_connection, fail_fast
 from velosiped.errors import ConfigError
 from velosiped.rqapi import make_queue
 from velosiped.state import counters
@@ -188,7 +188,7 @@ def wait(
             except RedisError as e:  # a restarting Redis: keep waiting, with backoff, for a while
                 lost_since = lost_since or time.monotonic()
                 gone = time.monotonic() - lost_since
-                if gone > REDIS_GIVE_UP:
+                if gone > settings.REDIS_GIVE_UP.get():
                     where = describe_connection(redis)
                     raise ConfigError(
                         f"cannot reach Redis at {where} for {gone:.0f} s; giving up (VELO_REDIS_GIVE_UP)"

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
-from velosiped import storage
+from velosiped import settings, storage
 from velosiped.errors import ConfigError
 
 __all__ = ["ALLOWED_PREFIXES_ENV", "MODEL_PREFIXES_ENV", "check_path", "check_prefix"]
 
-ALLOWED_PREFIXES_ENV = "VELO_ALLOWED_PREFIXES"
-"""Comma-separated URI prefixes a worker may read inputs from and write outputs to; unset: anywhere."""
-
-MODEL_PREFIXES_ENV = "VELO_MODEL_PREFIXES"
-"""Comma-separated URI prefixes models may be loaded from; unset means anywhere."""
+ALLOWED_PREFIXES_ENV = settings.ALLOWED_PREFIXES.env
+MODEL_PREFIXES_ENV = settings.MODEL_PREFIXES.env
+_BY_ENV = {s.env: s for s in (settings.ALLOWED_PREFIXES, settings.MODEL_PREFIXES)}
 
 
 def check_prefix(uri: str, env: str, what: str) -> None:
     """Refuse ``uri`` unless it lies under one of the comma-separated prefixes in ``env`` (if set)."""
-    allowed = [storage.normalize(p.strip()) for p in os.environ.get(env, "").split(",") if p.strip()]
+    allowed = [storage.normalize(p) for p in _BY_ENV[env].get()]
     if allowed and not any(uri == p or uri.startswith(p.rstrip("/") + "/") for p in allowed):
         raise ConfigError(f"{uri}: {what} outside {env} ({', '.join(allowed)}); move it or extend {env}")
 

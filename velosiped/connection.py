@@ -17,25 +17,15 @@ from redis import Redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
+from velosiped import settings
 from velosiped.errors import ConfigError, redact
 
-__all__ = ["STATE_DIR_ENV", "connect", "embedded", "redact", "state_dir"]
-
-STATE_DIR_ENV = "VELO_STATE_DIR"
-"""Folder for local state: the embedded Redis file, `velo run` logs (default ~/.local/state/velosiped)."""
-
-
-def _env_seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name) or default)
-
-
-REDIS_GIVE_UP = _env_seconds("VELO_REDIS_GIVE_UP", 300)
-"""Seconds without Redis after which a worker stops retrying and exits with code 2."""
+__all__ = ["connect", "describe_connection", "embedded", "fail_fast", "redis_client", "state_dir", "watch_redis"]
 
 
 def state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    folder = os.environ.get(STATE_DIR_ENV) or os.path.join(base, "velosiped")
+    """The local state folder (``VELO_STATE_DIR``), made if need be."""
+    folder = settings.STATE_DIR.get()
     os.makedirs(folder, exist_ok=True)
     return folder
 
@@ -136,6 +126,7 @@ def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float =
     """A thread that pings Redis and calls ``on_give_up(seconds)`` once it has been gone too long."""
 
     probe = fail_fast(conn)
+    limit = settings.REDIS_GIVE_UP.get()
 
     def loop() -> None:
         last_ok = time.monotonic()
@@ -146,7 +137,7 @@ def watch_redis(conn: Redis, on_give_up: Callable[[float], None], every: float =
                 last_ok = time.monotonic()
             except redis.RedisError:
                 gone = time.monotonic() - last_ok
-                if gone > REDIS_GIVE_UP:
+                if gone > limit:
                     on_give_up(gone)
                     return
 

@@ -41,7 +41,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from velosiped import logs, payloads, storage
+from velosiped import logs, payloads, settings, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
 from velosiped.errors import InputError, redact
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload
@@ -51,17 +51,6 @@ from worker import metrics, models
 __all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
 
 log = logging.getLogger(__name__)
-
-
-def _env_seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name) or default)
-
-
-HEARTBEAT_TTL = int(_env_seconds("VELO_HEARTBEAT_TTL", 30))
-"""Seconds a busy worker's lease on its file lasts; renewed every third of it."""
-
-MAINTENANCE_INTERVAL = int(_env_seconds("VELO_MAINTENANCE_INTERVAL", 15))
-"""Seconds between a worker's searches for files whose worker died (expired leases)."""
 
 
 class JobRefused(Exception):
@@ -90,14 +79,15 @@ class VeloWorker(SimpleWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = JSONSerializer
-        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
+        interval = settings.MAINTENANCE_INTERVAL.get()
+        kwargs.setdefault("maintenance_interval", interval)
         # RQ blocks on the queue for worker_ttl - 15 s; keep that short so idle workers
         # also run maintenance on time.
-        kwargs.setdefault("worker_ttl", MAINTENANCE_INTERVAL + 15)
+        kwargs.setdefault("worker_ttl", interval + 15)
         super().__init__(*args, **kwargs)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return HEARTBEAT_TTL
+        return settings.HEARTBEAT_TTL.get()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -114,7 +104,7 @@ class VeloWorker(SimpleWorker):
         stop = threading.Event()
 
         def renew() -> None:
-            while not stop.wait(HEARTBEAT_TTL / 3):
+            while not stop.wait(settings.HEARTBEAT_TTL.get() / 3):
                 try:
                     self.maintain_heartbeats(job, execution)
                     if self.should_run_maintenance_tasks:
