@@ -43,7 +43,7 @@ from rq.worker_pool import WorkerPool
 
 from velosiped import logs, payloads, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
-from velosiped.errors import InputError, redact
+from velosiped.errors import EXIT_USAGE, InputError, redact
 from velosiped.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, Payload
 from velosiped.rqapi import make_queue
 from worker import metrics, models
@@ -97,6 +97,26 @@ class VeloWorker(SimpleWorker):
         # also run maintenance on time.
         kwargs.setdefault("worker_ttl", MAINTENANCE_INTERVAL + 15)
         super().__init__(*args, **kwargs)
+
+    stop_on_interrupt = False
+    """Ctrl-C (SIGINT) stops the file in hand at once, instead of RQ's warm shutdown (finish it
+    first): for `velo run`'s own workers, so an interrupted run ends within a second or two.
+    SIGTERM still finishes the file in hand."""
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        if self.stop_on_interrupt:
+            signal.signal(signal.SIGINT, self._interrupted)
+
+    def _interrupted(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # once: a second SIGINT must not cut the clean-up
+        if self.get_state() != WorkerStatus.BUSY:
+            self.request_stop(signum, frame)  # idle: RQ stops at once
+            return
+        self._stop_requested = True  # the loop ends after this job...
+        # ...which stops here: the partial output is removed on the way out (storage.write_atomic),
+        # RQ puts the job back on the queue, and `velo run` takes it off (dispatcher.enqueue.cancel).
+        raise KeyboardInterrupt
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return HEARTBEAT_TTL
@@ -171,13 +191,15 @@ def queue_depth(conn: Redis, queue: str) -> Callable[[], int]:
 
 
 def give_up(gone: float, children: list[int] | None = None) -> None:
-    """Redis has been gone too long: say so in one line and exit 2 (the job in hand is redone elsewhere)."""
+    """Redis has been gone too long: say so in one line and exit 2 (the job in hand is redone elsewhere).
+
+    ``os._exit``: this runs in the watchdog thread, where ``sys.exit`` would end only the thread."""
     where = redact(os.environ.get("REDIS_URL", "") or "the configured URL")
     sys.stderr.write(f"velo: cannot reach Redis at {where} for {gone:.0f} s; giving up (VELO_REDIS_GIVE_UP)\n")
     for pid in children or []:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    os._exit(2)
+    os._exit(EXIT_USAGE)
 
 
 def fork_workers(
@@ -213,6 +235,7 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     logs.configure("text")
     os.environ["REDIS_URL"] = url
     share_cores(processes)
+    VeloWorker.stop_on_interrupt = True  # this process is one `velo run` worker: Ctrl-C stops it now
     run_workers(redis_client(url), queue, processes=1, s3=s3)
 
 
