@@ -26,7 +26,7 @@ from dispatcher.enqueue import JOB_TIMEOUT, cancel, enqueue_batch, mark_already_
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
 from dispatcher.sharding import parse_size
 from velosiped import keys, logs, storage
-from velosiped.connection import connect, embedded, state_dir
+from velosiped.connection import connect, describe_connection, embedded, state_dir
 from velosiped.errors import (
     EXIT_FILES_FAILED,
     EXIT_INTERRUPTED,
@@ -231,6 +231,9 @@ def _encoding(name: str) -> str:
 def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options, dry_run: bool, timeout: int):
     """Plan and enqueue; in a dry run print each file's fate and return None."""
     planned = list(plan(source, opts))
+    if not planned:  # nothing to do is no error (exit 0), but say why
+        patterns = ", ".join(opts.patterns)
+        err_console.print(f"velo: no files matching {patterns} under {source}; check SOURCE or --pattern", markup=False)
     if dry_run:
         if conn is not None:
             planned = mark_already_queued(conn, opts, planned)
@@ -304,6 +307,9 @@ def run(
     started = time.perf_counter()
     source = storage.normalize(source)
     opts = make_options(**kw)
+    log_path = os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
+    if not dry_run:
+        log_to_file(log_path)
     # A given Redis is checked first (a wrong URL fails at once); an embedded one starts while the
     # model loads: it is loaded once, here, before forking, so every worker starts with it.
     with ThreadPoolExecutor(1) as pool:
@@ -318,7 +324,6 @@ def run(
     if dry_run:
         do_dispatch(conn, queue, source, opts, dry_run, timeout)
         return EXIT_OK
-    log_path = os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
     # Workers start first, so they are ready when the first file is enqueued.
     # A local batch never imports boto3 (0.1-0.3 s of start-up); a job on S3 would import it then.
     s3 = storage.is_s3(source)
@@ -341,6 +346,17 @@ def run(
         raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
     print_summary(result, batch.skipped, time.perf_counter() - started)
     return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
+
+
+def log_to_file(path: str) -> None:
+    """`velo run`'s own INFO lines (its model load...) go to its run log, where its workers write
+    theirs; the terminal keeps the progress bar, the summary and warnings."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setLevel(logging.WARNING)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(logs.TEXT_FORMAT))
+    root.addHandler(handler)
 
 
 @cli.command(epilog=HELP_EPILOG)
@@ -434,7 +450,7 @@ def stop_now(procs: list[Any], grace: float = 1.5) -> None:
 
 def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
     table = Table(title=f"batch {b.get('id', '')}")
-    for col in ("files", "done", "failed", "skipped", "rows", "seconds", "rows/s"):
+    for col in ("files", "done", "failed", "skipped", "rows", "wall s", "rows/s"):
         table.add_column(col, justify="right")
     rows = b.get("rows", 0)
     table.add_row(
@@ -447,6 +463,7 @@ def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
         f"{rows / seconds:,.0f}" if seconds > 0 else "0",
     )
     console.print(table)
+    console.print("wall s: the whole command, start-up included (`velo status` counts scoring s alone)", style="dim")
     for f in b.get("failures", []):
         err_console.print(f"failed: {f['error']}", markup=False)
 
@@ -523,8 +540,25 @@ def status(
     batches, workers = snapshot()
     if as_json:
         click.echo(json.dumps({"batches": batches, "workers": workers}, indent=2))
+    elif not batches:
+        err_console.print(f"velo: {no_batch_here(conn, redis_url)}", markup=False)
+        if workers:
+            status_mod.render(batches, console, workers)
     else:
         status_mod.render(batches, console, workers)
+    return EXIT_OK
+
+
+def no_batch_here(conn: redis.Redis, redis_url: str | None) -> str:
+    """Where `velo status` looked and found no batch, and how to look elsewhere."""
+    if redis_url:
+        return (
+            f"no batch in Redis at {describe_connection(conn)}; is it the Redis you dispatched to (--redis, REDIS_URL)?"
+        )
+    return (
+        f"no batch in the embedded Redis under {state_dir()}; point VELO_STATE_DIR at the folder "
+        "`velo run` used (make demo: VELO_STATE_DIR=demo/state), or --redis at a fleet's Redis"
+    )
 
 
 @cli.command()

@@ -87,7 +87,8 @@ def workers(redis: Redis, queue: str) -> list[dict[str, Any]]:
 def view(batches: list[dict[str, Any]], workers: list[dict[str, Any]] | None = None) -> Group:
     """One table row per batch, each failed file with its reason, then the workers (when given)."""
     table = Table(title="Velosiped batches")
-    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "s", "ETA"):
+    # scoring s: from the first file started to the last one finished (`velo run`'s wall s adds its start-up)
+    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "scoring s", "ETA"):
         table.add_column(col, justify="left" if col == "batch" else "right", no_wrap=col == "batch")
     for b in batches:
         table.add_row(
