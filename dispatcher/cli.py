@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher import status as status_mod
-from dispatcher.enqueue import JOB_TIMEOUT, cancel, enqueue_batch, mark_already_queued, retry_failed
+from dispatcher.enqueue import JOB_TIMEOUT, add_files, cancel, create_batch, mark_already_queued, retry_failed
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
 from dispatcher.sharding import parse_size
-from velosiped import keys, logs, storage
+from velosiped import logs, storage
 from velosiped.connection import connect, describe_connection, embedded, state_dir
 from velosiped.errors import (
     EXIT_FILES_FAILED,
@@ -228,8 +228,19 @@ def _encoding(name: str) -> str:
         raise ConfigError(f"--encoding {name!r}: unknown encoding; use e.g. utf-8, latin-1, cp1252") from e
 
 
-def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options, dry_run: bool, timeout: int):
-    """Plan and enqueue; in a dry run print each file's fate and return None."""
+def do_dispatch(
+    conn: redis.Redis | None,
+    queue: str,
+    source: str,
+    opts: Options,
+    dry_run: bool,
+    timeout: int,
+    created: list[str] | None = None,
+):
+    """Plan and enqueue; in a dry run print each file's fate and return None.
+
+    ``created`` gets the batch's id as soon as it exists, before its files are enqueued (for
+    `velo run`, which takes its jobs back off the queue on Ctrl-C)."""
     planned = list(plan(source, opts))
     if not planned:  # nothing to do is no error (exit 0), but say why
         patterns = ", ".join(opts.patterns)
@@ -245,7 +256,10 @@ def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options
         return None
     if conn is None:
         raise ConfigError("no Redis given; set --redis or REDIS_URL")
-    batch = enqueue_batch(conn, queue, source, opts, planned, timeout)
+    batch = create_batch(conn, queue, source, opts)
+    if created is not None:
+        created.append(batch.id)
+    add_files(conn, queue, batch, opts, planned, timeout)
     for p in batch.planned:
         if p.shards and p.enqueue:
             click.echo(f"{p.info.uri}: {len(p.shards)} shards")
@@ -327,10 +341,10 @@ def run(
     # Workers start first, so they are ready when the first file is enqueued.
     # A local batch never imports boto3 (0.1-0.3 s of start-up); a job on S3 would import it then.
     s3 = storage.is_s3(source)
-    since = time.time()
+    created: list[str] = []
     try:
         with local_workers(url, opts, queue, workers or os.cpu_count() or 1, log_path, s3=s3) as procs:
-            batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
+            batch = do_dispatch(conn, queue, source, opts, dry_run, timeout, created)
             alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
             if batch.enqueued:
                 status_mod.wait(conn, batch.id, err_console, alive=alive)
@@ -338,8 +352,7 @@ def run(
         # The workers are stopped (local_workers). Their jobs, queued or half done, leave Redis:
         # left there, they would make the same command, run again, skip their files as queued.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        ours = {b.decode() for b in conn.zrangebyscore(keys.BATCHES, since, "+inf")}
-        cancel(conn, queue, ours, "interrupted (Ctrl-C) before it was scored; run the same command again")
+        cancel(conn, queue, set(created), "interrupted (Ctrl-C) before it was scored; run the same command again")
         raise Interrupted("interrupted; run the same command again to finish the remaining files") from None
     result = status_mod.describe(conn, batch.id) or {}
     if not result.get("finished", True):
