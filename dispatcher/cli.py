@@ -321,8 +321,8 @@ def run(
     started = time.perf_counter()
     source = storage.normalize(source)
     opts = make_options(**kw)
-    log_path = os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
-    if not dry_run:
+    log_path = "" if dry_run else os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
+    if log_path:
         log_to_file(log_path)
     # A given Redis is checked first (a wrong URL fails at once); an embedded one starts while the
     # model loads: it is loaded once, here, before forking, so every worker starts with it.
@@ -565,9 +565,8 @@ def status(
 def no_batch_here(conn: redis.Redis, redis_url: str | None) -> str:
     """Where `velo status` looked and found no batch, and how to look elsewhere."""
     if redis_url:
-        return (
-            f"no batch in Redis at {describe_connection(conn)}; is it the Redis you dispatched to (--redis, REDIS_URL)?"
-        )
+        where = describe_connection(conn)
+        return f"no batch in Redis at {where}; check that --redis or REDIS_URL names the Redis you dispatched to"
     return (
         f"no batch in the embedded Redis under {state_dir()}; point VELO_STATE_DIR at the folder "
         "`velo run` used (make demo: VELO_STATE_DIR=demo/state), or --redis at a fleet's Redis"
