@@ -56,3 +56,32 @@ def test_a_subclass_of_keyboard_interrupt_is_still_an_interrupt():
     from dispatcher.cli import Interrupted
 
     assert exit_code(Interrupted("interrupted; run again")) == EXIT_INTERRUPTED
+
+
+ENTRY_INTERRUPTED_WHILE_LOADING = """
+import os, signal, sys, time
+
+class CtrlCWhileLoading:
+    def find_spec(self, name, path=None, target=None):
+        if name == "dispatcher.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        return None
+
+import dispatcher.entry
+sys.meta_path.insert(0, CtrlCWhileLoading())
+sys.argv = ["velo", "--version"]
+dispatcher.entry.main()
+"""
+
+
+def test_ctrl_c_while_the_cli_loads_exits_130_with_one_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY_INTERRUPTED_WHILE_LOADING], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == EXIT_INTERRUPTED, result.stderr
+    assert result.stderr == "velo: interrupted; nothing was done\n"
+    assert result.stdout == ""
