@@ -502,7 +502,8 @@ def worker(
     metrics_addr: str,
     log_format: str,
 ) -> None:
-    """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits."""
+    """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits 0; Ctrl-C
+    does the same and exits 130."""
     from worker import metrics, models
     from worker.runner import queue_depth, run_workers
 
@@ -514,7 +515,9 @@ def worker(
     if preload:
         uri = storage.normalize(preload)
         models.load(uri, version_of(uri))
-    run_workers(conn, queue, processes=processes, burst=burst)
+    if run_workers(conn, queue, processes=processes, burst=burst):
+        raise Interrupted("interrupted; the workers stopped after the files in hand")
+    return EXIT_OK
 
 
 @cli.command()

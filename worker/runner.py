@@ -98,6 +98,9 @@ class VeloWorker(SimpleWorker):
         kwargs.setdefault("worker_ttl", MAINTENANCE_INTERVAL + 15)
         super().__init__(*args, **kwargs)
 
+    interrupted = False
+    """A SIGINT (Ctrl-C) stopped this worker: `velo worker` then exits 130, as any interrupted command."""
+
     stop_on_interrupt = False
     """Ctrl-C (SIGINT) stops the file in hand at once, instead of RQ's warm shutdown (finish it
     first): for `velo run`'s own workers, so an interrupted run ends within a second or two.
@@ -107,6 +110,10 @@ class VeloWorker(SimpleWorker):
         super()._install_signal_handlers()
         if self.stop_on_interrupt:
             signal.signal(signal.SIGINT, self._interrupted)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        self.interrupted = self.interrupted or signum == signal.SIGINT
+        super().request_stop(signum, frame)
 
     def _interrupted(self, signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # once: a second SIGINT must not cut the clean-up
@@ -179,6 +186,13 @@ class VeloWorker(SimpleWorker):
 class VeloPool(WorkerPool):
     """RQ's pool of forked workers, telling the metrics when one of them dies."""
 
+    interrupted = False
+    """A SIGINT (Ctrl-C) stopped the pool (RQ passes the stop on to its workers)."""
+
+    def request_stop(self, signum: int | None = None, frame: Any = None) -> None:
+        self.interrupted = self.interrupted or signum == signal.SIGINT
+        super().request_stop(signum, frame)
+
     def handle_dead_worker(self, worker_data: Any) -> None:
         metrics.process_dead(worker_data.pid)
         super().handle_dead_worker(worker_data)
@@ -239,8 +253,9 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     run_workers(redis_client(url), queue, processes=1, s3=s3)
 
 
-def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> None:
-    """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty).
+def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> bool:
+    """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty);
+    True if a SIGINT (Ctrl-C) stopped them.
 
     Several processes come from RQ's ``WorkerPool``, which forks N workers (sharing the
     model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
@@ -251,8 +266,9 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
     if processes <= 1:
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")
-        return
+        return worker.interrupted
     gc.freeze()  # before forking: the collector then never writes to the pages workers share
     pool = VeloPool([queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer)
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")
+    return pool.interrupted

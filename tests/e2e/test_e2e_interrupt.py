@@ -125,10 +125,12 @@ def test_ctrl_c_stops_dispatch_wait_and_leaves_the_batch_to_the_workers(
     assert redis_client.llen("rq:queue:velo") == 3, line
 
 
-@pytest.mark.parametrize("command", ["status", "watch"])
-def test_ctrl_c_stops_status_watch_and_watch_with_130(command, start_velo, clean_redis, tmp_path: Path):
+@pytest.mark.parametrize("command", ["status", "watch", "worker"])
+def test_ctrl_c_stops_status_watch_watch_and_worker_with_130(command, start_velo, clean_redis, tmp_path: Path):
     if command == "status":
         args = ["status", "--watch", "--interval", "0.2", "--redis", clean_redis]
+    elif command == "worker":  # an idle worker: stops at once (a busy one finishes its file first)
+        args = ["worker", "--redis", clean_redis]
     else:
         (tmp_path / "in").mkdir()
         model_path = dump_model(fit_model(), tmp_path / "model.joblib")
