@@ -8,7 +8,7 @@ DEMO   ?= demo
 
 .PHONY: help
 help:  ## Show this help
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(BIN)/velo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,19 @@ $(BIN)/velo: pyproject.toml
 install: $(BIN)/velo  ## Create the venv and install velosiped with its dev tools
 
 .PHONY: demo
-demo: $(BIN)/velo  ## Make a sample model and CSVs under demo/, score them with `velo run`, show the outputs
-	$(BIN)/python scripts/make_demo.py $(DEMO)
+demo: $(BIN)/velo  ## Make a sample model and CSVs under demo/ (kept if there), score them with `velo run`, show the outputs
+	DEMO_FRESH=$(DEMO_FRESH) $(BIN)/python scripts/make_demo.py $(DEMO)
 	VELO_STATE_DIR=$(DEMO)/state $(BIN)/velo run $(DEMO)/data --model $(DEMO)/model.joblib --workers 2
 	@echo; echo "Outputs written next to their inputs:"; find $(DEMO)/data -name '*.out.csv*' ! -name '*.json' | sort
 	@echo; echo "head $(DEMO)/data/a/1.out.csv:"; head -4 $(DEMO)/data/a/1.out.csv
+	@echo; echo "The demo keeps its Redis under $(DEMO)/state; its batches:"
+	@echo "  VELO_STATE_DIR=$(DEMO)/state $(BIN)/velo status"
+	@echo "Run make demo again: every file is skipped. make demo-clean starts over."
+
+.PHONY: demo-clean
+demo-clean:  ## Remove the demo's model, data, outputs and state (the next make demo writes them anew)
+	rm -rf $(DEMO)/data $(DEMO)/state $(DEMO)/model.joblib
+	@rmdir $(DEMO) 2>/dev/null || true
 
 .PHONY: demo-s3
 demo-s3: $(BIN)/velo  ## The same on S3 with a fleet: local S3 endpoint, redis-server, 2 workers, dispatch --wait

@@ -9,11 +9,12 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import redis
@@ -21,19 +22,23 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher import status as status_mod
-from dispatcher.enqueue import JOB_TIMEOUT, enqueue_batch, mark_already_queued, retry_failed
+from dispatcher.enqueue import JOB_TIMEOUT, add_files, cancel, create_batch, mark_already_queued, retry_failed
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
 from dispatcher.sharding import parse_size
 from velosiped import logs, storage
-from velosiped.connection import connect, embedded, state_dir
-from velosiped.errors import ConfigError, VeloError
+from velosiped.connection import connect, describe_connection, embedded, state_dir
+from velosiped.errors import (
+    EXIT_FILES_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    ConfigError,
+    VeloError,
+    exit_code,
+)
 from velosiped.models import version_of
 
 __all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_FILES_FAILED = 1
-EXIT_USAGE = 2
 
 SHARD_SIZE_ENV = "VELO_SHARD_SIZE"
 
@@ -43,11 +48,18 @@ Examples:
   velo dispatch s3://bucket/in/ --model s3://bucket/models/m.joblib --redis redis://10.0.0.5:6379/0
   velo worker --processes 4
   velo status --json
+
+\b
+Exit codes: 0 done; 1 some files failed (run, dispatch --wait); 2 usage or configuration
+error (one line on stderr); 130 interrupted (Ctrl-C).
 """
 
 redis_help = "Redis URL (default: env REDIS_URL)."
 queue_help = "RQ queue name."
-wait_help = "Show a progress bar and return when the batch is done (exit 1 if a file failed)."
+wait_help = (
+    "Show a progress bar and return when the batch is done (exit 1 if a file failed). "
+    "Ctrl-C stops waiting (exit 130); the batch goes on in the workers."
+)
 dry_run_help = "Print what would happen to each file, and why; enqueue nothing."
 force_help = "Redo files already done."
 pattern_help = "Input file name pattern; repeat for several (default: *.csv, *.csv.gz)."
@@ -68,16 +80,46 @@ shard_size_help = (
 metrics_port_help = "Serve Prometheus metrics on this port (default: env VELO_METRICS_PORT; unset: off)."
 metrics_addr_help = "Address the metrics server listens on."
 log_format_help = "Log lines as readable text, or one JSON object per line (default: env VELO_LOG_FORMAT or text)."
-status_watch_help = "Refresh every --interval seconds until Ctrl-C."
+status_watch_help = "Refresh every --interval seconds until Ctrl-C (exit 130, as any interrupted command)."
 status_interval_help = "Seconds between refreshes of --watch."
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def fail(message: str) -> None:
-    err_console.print(f"velo: {message}", markup=False)
-    sys.exit(EXIT_USAGE)
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what it left undone and what to do about it (the one line the user sees)."""
+
+
+INTERRUPTED = "interrupted; run the same command again to finish"
+
+
+def message(e: BaseException) -> str:
+    """The one line (after ``velo: ``) a command ends with on ``e``."""
+    if isinstance(e, Interrupted):
+        return str(e)
+    if isinstance(e, (KeyboardInterrupt, click.Abort)):
+        return INTERRUPTED
+    if isinstance(e, redis.ConnectionError):
+        return f"lost the connection to Redis ({e}); check --redis or REDIS_URL"
+    if isinstance(e, redis.ResponseError):
+        return f"Redis refused a command ({e})"
+    if isinstance(e, redis.RedisError):
+        return f"Redis failed ({type(e).__name__}: {e}); check --redis or REDIS_URL"
+    return str(e)
+
+
+def end(e: BaseException) -> NoReturn:
+    """The one way a command ends on an exception: one line on stderr, the code ``exit_code`` gives.
+
+    A bug (an exception exit_code does not know) keeps its traceback."""
+    code = exit_code(e)
+    if code == EXIT_SOFTWARE:
+        raise e
+    if code == EXIT_INTERRUPTED:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line short
+    err_console.print(f"velo: {message(e)}", markup=False)
+    sys.exit(code)
 
 
 def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,18 +152,15 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def handle_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Errors a user can fix become one line on stderr and exit code 2, never a traceback."""
+    """Errors a user can fix, and Ctrl-C, end the command through ``end``: one line on stderr and
+    ``exit_code``'s code, never a traceback (nor click's "Aborted!"). A command returns its exit code."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
-        except VeloError as e:
-            fail(str(e))
-        except redis.ConnectionError as e:
-            fail(f"lost the connection to Redis ({e}); check --redis or REDIS_URL")
-        except redis.ResponseError as e:
-            fail(f"Redis refused a command ({e})")
+        except (VeloError, redis.RedisError, KeyboardInterrupt) as e:
+            end(e)
 
     return wrapper
 
@@ -189,9 +228,23 @@ def _encoding(name: str) -> str:
         raise ConfigError(f"--encoding {name!r}: unknown encoding; use e.g. utf-8, latin-1, cp1252") from e
 
 
-def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options, dry_run: bool, timeout: int):
-    """Plan and enqueue; in a dry run print each file's fate and return None."""
+def do_dispatch(
+    conn: redis.Redis | None,
+    queue: str,
+    source: str,
+    opts: Options,
+    dry_run: bool,
+    timeout: int,
+    created: list[str] | None = None,
+):
+    """Plan and enqueue; in a dry run print each file's fate and return None.
+
+    ``created`` gets the batch's id as soon as it exists, before its files are enqueued (for
+    `velo run`, which takes its jobs back off the queue on Ctrl-C)."""
     planned = list(plan(source, opts))
+    if not planned:  # nothing to do is no error (exit 0), but say why
+        patterns = ", ".join(opts.patterns)
+        err_console.print(f"velo: no files matching {patterns} under {source}; check SOURCE or --pattern", markup=False)
     if dry_run:
         if conn is not None:
             planned = mark_already_queued(conn, opts, planned)
@@ -203,7 +256,10 @@ def do_dispatch(conn: redis.Redis | None, queue: str, source: str, opts: Options
         return None
     if conn is None:
         raise ConfigError("no Redis given; set --redis or REDIS_URL")
-    batch = enqueue_batch(conn, queue, source, opts, planned, timeout)
+    batch = create_batch(conn, queue, source, opts)
+    if created is not None:
+        created.append(batch.id)
+    add_files(conn, queue, batch, opts, planned, timeout)
     for p in batch.planned:
         if p.shards and p.enqueue:
             click.echo(f"{p.info.uri}: {len(p.shards)} shards")
@@ -232,11 +288,16 @@ def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run
     conn = None if dry_run and not redis_url else open_redis(redis_url, embedded_ok=False)[0]
     batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
     if batch is None or not wait or conn is None:
-        return
-    result = status_mod.wait(conn, batch.id, err_console)
+        return EXIT_OK
+    try:
+        result = status_mod.wait(conn, batch.id, err_console)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while waiting; batch {batch.id} goes on in the workers (`velo status {batch.id}`)"
+        ) from None
     for f in result.get("failures", []):
         err_console.print(f"failed: {f['error']}", markup=False)
-    sys.exit(EXIT_FILES_FAILED if result.get("failed") else EXIT_OK)
+    return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
 
 
 @cli.command(epilog=HELP_EPILOG)
@@ -260,6 +321,9 @@ def run(
     started = time.perf_counter()
     source = storage.normalize(source)
     opts = make_options(**kw)
+    log_path = "" if dry_run else os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
+    if log_path:
+        log_to_file(log_path)
     # A given Redis is checked first (a wrong URL fails at once); an embedded one starts while the
     # model loads: it is loaded once, here, before forking, so every worker starts with it.
     with ThreadPoolExecutor(1) as pool:
@@ -273,21 +337,39 @@ def run(
         conn, url = redis_ready.result()
     if dry_run:
         do_dispatch(conn, queue, source, opts, dry_run, timeout)
-        return
-    log_path = os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
+        return EXIT_OK
     # Workers start first, so they are ready when the first file is enqueued.
     # A local batch never imports boto3 (0.1-0.3 s of start-up); a job on S3 would import it then.
     s3 = storage.is_s3(source)
-    with local_workers(url, opts, queue, workers or os.cpu_count() or 1, log_path, s3=s3) as procs:
-        batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
-        alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
-        if batch.enqueued:
-            status_mod.wait(conn, batch.id, err_console, alive=alive)
+    created: list[str] = []
+    try:
+        with local_workers(url, opts, queue, workers or os.cpu_count() or 1, log_path, s3=s3) as procs:
+            batch = do_dispatch(conn, queue, source, opts, dry_run, timeout, created)
+            alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
+            if batch.enqueued:
+                status_mod.wait(conn, batch.id, err_console, alive=alive)
+    except KeyboardInterrupt:
+        # The workers are stopped (local_workers). Their jobs, queued or half done, leave Redis:
+        # left there, they would make the same command, run again, skip their files as queued.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        cancel(conn, queue, set(created), "interrupted (Ctrl-C) before it was scored; run the same command again")
+        raise Interrupted("interrupted; run the same command again to finish the remaining files") from None
     result = status_mod.describe(conn, batch.id) or {}
     if not result.get("finished", True):
-        fail(f"workers stopped before batch {batch.id} finished; see {log_path}")
+        raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
     print_summary(result, batch.skipped, time.perf_counter() - started)
-    sys.exit(EXIT_FILES_FAILED if result.get("failed") else EXIT_OK)
+    return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
+
+
+def log_to_file(path: str) -> None:
+    """`velo run`'s own INFO lines (its model load...) go to its run log, where its workers write
+    theirs; the terminal keeps the progress bar, the summary and warnings."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setLevel(logging.WARNING)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(logs.TEXT_FORMAT))
+    root.addHandler(handler)
 
 
 @cli.command(epilog=HELP_EPILOG)
@@ -308,7 +390,10 @@ def watch(
     timeout: int,
     **kw: Any,
 ) -> None:
-    """Keep dispatching: files dropped into SOURCE are enqueued within --interval seconds, each once."""
+    """Keep dispatching: files dropped into SOURCE are enqueued within --interval seconds, each once.
+
+    Runs until Ctrl-C (exit 130); the files it enqueued go on in the workers.
+    """
     from dispatcher.watch import watch as watch_loop
 
     if dry_run:
@@ -316,7 +401,7 @@ def watch(
     source = storage.normalize(source)
     opts = make_options(**kw)
     conn, _ = open_redis(redis_url, embedded_ok=False)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         watch_loop(
             conn,
             queue,
@@ -328,6 +413,9 @@ def watch(
             echo=click.echo,
             ticks=ticks,
         )
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; stopped watching {source} (files enqueued go on in the workers)") from None
+    return EXIT_OK
 
 
 @contextlib.contextmanager
@@ -345,6 +433,9 @@ def local_workers(url: str, opts: Options, queue: str, n: int, log_path: str, *,
     procs = fork_workers(url, queue, n, log_path, s3=s3)
     try:
         yield procs
+    except KeyboardInterrupt:
+        stop_now(procs)
+        raise
     finally:
         for p in procs:
             if p.is_alive():
@@ -353,9 +444,26 @@ def local_workers(url: str, opts: Options, queue: str, n: int, log_path: str, *,
             p.join()
 
 
+def stop_now(procs: list[Any], grace: float = 1.5) -> None:
+    """Ctrl-C: each worker stops the file in hand at once (removing its partial output) and exits;
+    one still alive after ``grace`` seconds is killed. Its files are left for the next run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+    for p in procs:  # a terminal's Ctrl-C reached them already; `kill -INT <velo>` did not
+        if p.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 0))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
     table = Table(title=f"batch {b.get('id', '')}")
-    for col in ("files", "done", "failed", "skipped", "rows", "seconds", "rows/s"):
+    for col in ("files", "done", "failed", "skipped", "rows", "wall s", "rows/s"):
         table.add_column(col, justify="right")
     rows = b.get("rows", 0)
     table.add_row(
@@ -368,6 +476,7 @@ def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
         f"{rows / seconds:,.0f}" if seconds > 0 else "0",
     )
     console.print(table)
+    console.print("wall s: the whole command, start-up included (`velo status` counts scoring s alone)", style="dim")
     for f in b.get("failures", []):
         err_console.print(f"failed: {f['error']}", markup=False)
 
@@ -393,7 +502,8 @@ def worker(
     metrics_addr: str,
     log_format: str,
 ) -> None:
-    """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits."""
+    """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits 0; Ctrl-C
+    does the same and exits 130."""
     from worker import metrics, models
     from worker.runner import queue_depth, run_workers
 
@@ -405,7 +515,9 @@ def worker(
     if preload:
         uri = storage.normalize(preload)
         models.load(uri, version_of(uri))
-    run_workers(conn, queue, processes=processes, burst=burst)
+    if run_workers(conn, queue, processes=processes, burst=burst):
+        raise Interrupted("interrupted; the workers stopped after the files in hand")
+    return EXIT_OK
 
 
 @cli.command()
@@ -436,13 +548,32 @@ def status(
         return batches, status_mod.workers(conn, queue)
 
     if follow:
-        status_mod.watch(snapshot, console, interval=interval, count=count, as_json=as_json)
-        return
+        try:
+            status_mod.watch(snapshot, console, interval=interval, count=count, as_json=as_json)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; stopped refreshing") from None
+        return EXIT_OK
     batches, workers = snapshot()
     if as_json:
         click.echo(json.dumps({"batches": batches, "workers": workers}, indent=2))
+    elif not batches:
+        err_console.print(f"velo: {no_batch_here(conn, redis_url)}", markup=False)
+        if workers:
+            status_mod.render(batches, console, workers)
     else:
         status_mod.render(batches, console, workers)
+    return EXIT_OK
+
+
+def no_batch_here(conn: redis.Redis, redis_url: str | None) -> str:
+    """Where `velo status` looked and found no batch, and how to look elsewhere."""
+    if redis_url:
+        where = describe_connection(conn)
+        return f"no batch in Redis at {where}; check that --redis or REDIS_URL names the Redis you dispatched to"
+    return (
+        f"no batch in the embedded Redis under {state_dir()}; point VELO_STATE_DIR at the folder "
+        "`velo run` used (make demo: VELO_STATE_DIR=demo/state), or --redis at a fleet's Redis"
+    )
 
 
 @cli.command()
@@ -461,12 +592,21 @@ def retry(batch: str, redis_url: str | None, queue: str) -> None:
 
 
 def main() -> None:
+    """Run the command; its exit code is its return value, or ``exit_code`` of what ended it (see
+    ``end``): 0 done, 1 some files failed, 2 usage or configuration error, 130 interrupted."""
     try:
-        cli(prog_name="velo")
+        try:
+            code = cli.main(prog_name="velo", standalone_mode=False)
+        except click.ClickException as e:  # usage errors: click's own message, click's code (2)
+            e.show()
+            code = exit_code(e)
+        except click.Abort as e:  # Ctrl-C before a command started (click's own report says "Aborted!", 1)
+            end(e)
     finally:
         # Everything loaded (pandas, pyarrow, scikit-learn) is about to be freed object by object:
         # 0.6 s at exit. Frozen objects are skipped by the interpreter's final collection.
         gc.freeze()
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from velosiped import keys, lua, payloads, storage
 from velosiped.errors import InputError
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, shard_group
 from velosiped.rqapi import make_queue, queued_job_fields
+from velosiped.state import FileState, set_state
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -28,6 +29,7 @@ __all__ = [
     "JOB_TIMEOUT",
     "Batch",
     "add_files",
+    "cancel",
     "create_batch",
     "enqueue_batch",
     "mark_already_queued",
@@ -277,3 +279,42 @@ def _bounds(info: storage.ObjectInfo, shard_size: int, encoding: str) -> list[tu
         return sharding.bounds(info, shard_size, encoding)
     except InputError:  # changed again meanwhile: whole
         return []
+
+
+def cancel(redis: Redis, queue: str, batch_ids: set[str], reason: str) -> int:
+    """Take the queued and started jobs of ``batch_ids`` out of Redis, once the workers that could
+    run them are stopped (`velo run` interrupted); returns how many files they were.
+
+    A job left queued would make the same dispatch, run again, skip its file as "already
+    queued" with no worker to run it. Each such file is failed in its batch with ``reason`` (so
+    the batch reads finished, and `velo retry` can enqueue it); nothing is written next to it,
+    so the next dispatch plans it as new. One Redis read per queued job: fine for what one
+    machine's `velo run` queues.
+    """
+    if not batch_ids:
+        return 0
+    q = make_queue(redis, queue)
+    started = [e.decode() for e in redis.zrange(q.started_job_registry.key, 0, -1)]
+    ids = [j.decode() for j in redis.lrange(q.key, 0, -1)] + [e.split(":")[0] for e in started]
+    files: dict[str, Payload] = {}
+    for jid in dict.fromkeys(ids):
+        try:
+            p = payloads.load(redis, jid)
+        except InputError:
+            continue
+        if p is None or p["batch"] not in batch_ids:
+            continue
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.lrem(q.key, 0, jid)
+            for entry in started:
+                if entry.split(":")[0] == jid:
+                    pipe.zrem(q.started_job_registry.key, entry)
+            pipe.delete(Job.key_for(jid))
+            pipe.hdel(keys.PAYLOADS, jid)
+            pipe.execute()
+        p.pop("shard", None)
+        files[p["input"]] = p
+    for file, p in files.items():
+        set_state(redis, p["batch"], file, FileState.FAILED, error=f"{file}: {reason}")
+        redis.hset(keys.batch_jobs(p["batch"]), file, json.dumps(p))  # for `velo retry`
+    return len(files)

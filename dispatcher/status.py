@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -88,7 +87,8 @@ def workers(redis: Redis, queue: str) -> list[dict[str, Any]]:
 def view(batches: list[dict[str, Any]], workers: list[dict[str, Any]] | None = None) -> Group:
     """One table row per batch, each failed file with its reason, then the workers (when given)."""
     table = Table(title="Velosiped batches")
-    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "s", "ETA"):
+    # scoring s: from the first file started to the last one finished (`velo run`'s wall s adds its start-up)
+    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "scoring s", "ETA"):
         table.add_column(col, justify="left" if col == "batch" else "right", no_wrap=col == "batch")
     for b in batches:
         table.add_row(
@@ -130,7 +130,8 @@ def watch(
     """Show ``snapshot()`` (batches, workers) every ``interval`` seconds until Ctrl-C, or ``count`` times.
 
     A terminal gets one table updated in place (rich's Live); a pipe gets each refresh in
-    turn, or one JSON object per line with ``as_json``.
+    turn, or one JSON object per line with ``as_json``. Ctrl-C, the way to stop, reaches the
+    caller as KeyboardInterrupt (`velo status --watch` exits 130, as every interrupted command).
     """
 
     def frames() -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
@@ -141,17 +142,16 @@ def watch(
             yield snapshot()
             n += 1
 
-    with contextlib.suppress(KeyboardInterrupt):
-        if as_json:
+    if as_json:
+        for batches, alive in frames():
+            print(json.dumps({"batches": batches, "workers": alive}), flush=True)
+    elif console.is_terminal:
+        with Live(console=console, auto_refresh=False) as live:
             for batches, alive in frames():
-                print(json.dumps({"batches": batches, "workers": alive}), flush=True)
-        elif console.is_terminal:
-            with Live(console=console, auto_refresh=False) as live:
-                for batches, alive in frames():
-                    live.update(view(batches, alive), refresh=True)
-        else:
-            for batches, alive in frames():
-                render(batches, console, alive)
+                live.update(view(batches, alive), refresh=True)
+    else:
+        for batches, alive in frames():
+            render(batches, console, alive)
 
 
 def _duration(seconds: float) -> str:

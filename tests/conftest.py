@@ -7,6 +7,7 @@ fixture runs moto's server in this process on another free port.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,21 @@ import pytest
 # `from helpers import ...` works from every test module, whatever pytest's import mode.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
+
+# Nothing a test runs writes under the user's home: model downloads (VELO_MODEL_CACHE, else
+# ~/.cache/velosiped), the embedded Redis and run logs (VELO_STATE_DIR, else XDG_STATE_HOME or
+# ~/.local/state/velosiped) go to one folder of this session, removed at its end. Set here, at
+# import, so every test and every process a test starts (they inherit it) sees it; a `velo`
+# started through the fixtures below gets the same (velo_env).
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="velo-tests-"))
+ISOLATED_ENV = {
+    "VELO_MODEL_CACHE": str(SESSION_HOME / "model-cache"),
+    "VELO_STATE_DIR": str(SESSION_HOME / "state"),
+    "XDG_STATE_HOME": str(SESSION_HOME / "xdg-state"),
+    "XDG_CACHE_HOME": str(SESSION_HOME / "xdg-cache"),
+}
+os.environ.update(ISOLATED_ENV)
+atexit.register(shutil.rmtree, SESSION_HOME, ignore_errors=True)
 
 SHARED_REDIS_PORT = 6379
 """A shared Redis runs there: the fixtures must never use it."""
@@ -304,6 +321,7 @@ def velo_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         env.update(s3_env)
         env.update(
             {
+                "VELO_MODEL_CACHE": ISOLATED_ENV["VELO_MODEL_CACHE"],
                 "VELO_STATE_DIR": str(state_dir),
                 # Plain, wide, uncoloured output: what a scheduler capturing stdout sees.
                 "NO_COLOR": "1",

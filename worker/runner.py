@@ -43,7 +43,7 @@ from rq.worker_pool import WorkerPool
 
 from velosiped import logs, payloads, settings, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
-from velosiped.errors import InputError, redact
+from velosiped.errors import EXIT_USAGE, InputError, redact
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload
 from velosiped.rqapi import make_queue
 from worker import metrics, models
@@ -85,6 +85,33 @@ class VeloWorker(SimpleWorker):
         # also run maintenance on time.
         kwargs.setdefault("worker_ttl", interval + 15)
         super().__init__(*args, **kwargs)
+
+    interrupted = False
+    """A SIGINT (Ctrl-C) stopped this worker: `velo worker` then exits 130, as any interrupted command."""
+
+    stop_on_interrupt = False
+    """Ctrl-C (SIGINT) stops the file in hand at once, instead of RQ's warm shutdown (finish it
+    first): for `velo run`'s own workers, so an interrupted run ends within a second or two.
+    SIGTERM still finishes the file in hand."""
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        if self.stop_on_interrupt:
+            signal.signal(signal.SIGINT, self._interrupted)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        self.interrupted = self.interrupted or signum == signal.SIGINT
+        super().request_stop(signum, frame)
+
+    def _interrupted(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # once: a second SIGINT must not cut the clean-up
+        if self.get_state() != WorkerStatus.BUSY:
+            self.request_stop(signum, frame)  # idle: RQ stops at once
+            return
+        self._stop_requested = True  # the loop ends after this job...
+        # ...which stops here: the partial output is removed on the way out (storage.write_atomic),
+        # RQ puts the job back on the queue, and `velo run` takes it off (dispatcher.enqueue.cancel).
+        raise KeyboardInterrupt
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return settings.HEARTBEAT_TTL.get()
@@ -147,6 +174,13 @@ class VeloWorker(SimpleWorker):
 class VeloPool(WorkerPool):
     """RQ's pool of forked workers, telling the metrics when one of them dies."""
 
+    interrupted = False
+    """A SIGINT (Ctrl-C) stopped the pool (RQ passes the stop on to its workers)."""
+
+    def request_stop(self, signum: int | None = None, frame: Any = None) -> None:
+        self.interrupted = self.interrupted or signum == signal.SIGINT
+        super().request_stop(signum, frame)
+
     def handle_dead_worker(self, worker_data: Any) -> None:
         metrics.process_dead(worker_data.pid)
         super().handle_dead_worker(worker_data)
@@ -159,13 +193,15 @@ def queue_depth(conn: Redis, queue: str) -> Callable[[], int]:
 
 
 def give_up(gone: float, children: list[int] | None = None) -> None:
-    """Redis has been gone too long: say so in one line and exit 2 (the job in hand is redone elsewhere)."""
+    """Redis has been gone too long: say so in one line and exit 2 (the job in hand is redone elsewhere).
+
+    ``os._exit``: this runs in the watchdog thread, where ``sys.exit`` would end only the thread."""
     where = redact(os.environ.get("REDIS_URL", "") or "the configured URL")
     sys.stderr.write(f"velo: cannot reach Redis at {where} for {gone:.0f} s; giving up (VELO_REDIS_GIVE_UP)\n")
     for pid in children or []:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    os._exit(2)
+    os._exit(EXIT_USAGE)
 
 
 def fork_workers(
@@ -201,11 +237,13 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     logs.configure("text")
     os.environ["REDIS_URL"] = url
     share_cores(processes)
+    VeloWorker.stop_on_interrupt = True  # this process is one `velo run` worker: Ctrl-C stops it now
     run_workers(redis_client(url), queue, processes=1, s3=s3)
 
 
-def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> None:
-    """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty).
+def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> bool:
+    """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty);
+    True if a SIGINT (Ctrl-C) stopped them.
 
     Several processes come from RQ's ``WorkerPool``, which forks N workers (sharing the
     model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
@@ -216,8 +254,9 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
     if processes <= 1:
         worker = VeloWorker([make_queue(conn, queue)], connection=conn)
         worker.work(burst=burst, logging_level="INFO")
-        return
+        return worker.interrupted
     gc.freeze()  # before forking: the collector then never writes to the pages workers share
     pool = VeloPool([queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer)
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")
+    return pool.interrupted

@@ -27,3 +27,12 @@ def test_the_two_newcomer_commands_are_make_targets():
     for target in re.findall(r"^make (\w+)", "\n".join(shell_blocks()), flags=re.M):
         assert re.search(rf"^{target}:", makefile, flags=re.M), f"README runs `make {target}`, Makefile lacks it"
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_stands_alone_in_a_clone():
+    """No path outside the repository (`../shared/...`); every file it names is in the repository."""
+    assert "../" not in README, "the README points outside the repository"
+    named = set(re.findall(r"`((?:docs|scripts|infra|tests|bench|worker|dispatcher|velosiped)/[\w./-]*\w)`", README))
+    assert named, "the README names no file of the repository"
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"the README names files a clone does not have: {missing}"

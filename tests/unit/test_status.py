@@ -129,8 +129,9 @@ def test_watch_into_a_pipe_prints_each_refresh(capsys):
     assert [json.loads(line)["workers"][0]["file"] for line in lines] == ["/d/3.csv", "/d/3.csv"]
 
 
-def test_watch_stops_quietly_on_ctrl_c():
+def test_watch_passes_ctrl_c_on_so_the_command_exits_130():
     def interrupted():
         raise KeyboardInterrupt
 
-    status.watch(interrupted, Console(file=io.StringIO()), interval=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        status.watch(interrupted, Console(file=io.StringIO()), interval=0.01)
