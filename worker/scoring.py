@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from velosiped.errors import InputError
+from velosiped import storage
+from velosiped.errors import InputError, TransientError
 from velosiped.storage import MAX_HEADER
 
 __all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "is_parquet", "score_stream"]
@@ -256,6 +257,8 @@ def _parquet_blocks(src: IO[bytes], name: str) -> Blocks:
     try:
         pf = pq.ParquetFile(src)
     except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(storage.translate(name, e), TransientError):
+            raise  # the stream failed, not the file: the worker tries it again
         raise InputError(f"{name}: not a Parquet file ({_one_line(e)})") from e
     schema = pf.schema_arrow
     return list(schema.names), pf.iter_batches(batch_size=PARQUET_BATCH_ROWS), schema
