@@ -72,8 +72,9 @@ def split_s3(uri: str) -> tuple[str, str]:
 def client() -> S3Client:
     """One boto3 S3 client per process.
 
-    boto3's standard retry mode retries a failed request a few times (``AWS_MAX_ATTEMPTS``,
-    default 5) within seconds; Velosiped retries the whole file after that, with a longer backoff.
+    boto3's standard retry mode retries a failed request 5 times within seconds (``AWS_MAX_ATTEMPTS``,
+    boto3's own setting, counts attempts in all); Velosiped retries the whole file after that, with a
+    longer backoff.
     """
     import boto3  # imported here: commands that never touch S3 (`velo status`) start faster
     import botocore.config
@@ -83,8 +84,10 @@ def client() -> S3Client:
     # an OSError that names no cause: let the error through, the worker retries the file.
     smart_open.s3.RETRY.exceptions = []
     timeout = float(os.environ.get(READ_TIMEOUT_ENV) or 60)
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS")
+    retries = {"total_max_attempts": int(attempts)} if attempts else {"max_attempts": 5}
     config = botocore.config.Config(
-        retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)},
+        retries={"mode": "standard", **retries},  # type: ignore[typeddict-item]
         read_timeout=timeout,
         connect_timeout=min(timeout, 60),
     )
