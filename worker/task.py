@@ -19,6 +19,7 @@ from velosiped.access import MODEL_PREFIXES_ENV, check_path
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
 from velosiped.jobs import Payload, error_uri, lineage, payload_params, validate
 from velosiped.state import FileState, set_state
+from velosiped.storage.base import causes
 from worker import backoff, metrics, models, shards
 from worker.scoring import Dialect, is_parquet, score_stream
 
@@ -170,6 +171,10 @@ def _score_once(p: Payload, redis: Any) -> tuple[int, int | None]:
     except JobTimeoutException:
         raise
     except Exception as e:
+        # The time limit may strike inside the model's predict, whose errors scoring reports as the file's.
+        limit = next((c for c in causes(e) if isinstance(c, JobTimeoutException)), None)
+        if limit is not None:
+            raise limit from None
         found = _classify(p, e)
         if found is e:
             raise
