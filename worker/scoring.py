@@ -11,7 +11,6 @@ import csv
 import gzip
 import io
 import os
-import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,9 +35,6 @@ columns: 2 MiB blocks are the fastest and add ~130 MB to a worker; 8 MiB ones ad
 
 PARQUET_BATCH_ROWS = 65_536
 """Rows read from a Parquet file at a time."""
-
-_TEST_SLOW_BLOCKS = float(os.environ.get("VELO_TEST_SLOW_ROWS") or 0)
-"""Test knob: seconds to sleep after each block, so fault tests can catch a worker mid-file."""
 
 _NULL_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 _CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)
@@ -299,8 +295,6 @@ def score_stream(
                 continue
             out.write(_predict(batch, spec, model, kept, classes, names, rows, name))
             rows += batch.num_rows
-            if _TEST_SLOW_BLOCKS:
-                time.sleep(_TEST_SLOW_BLOCKS)
         if isinstance(out, _ParquetOut):
             out.close(_empty(model, kept, classes, names, schema))
         return rows
