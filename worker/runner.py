@@ -149,8 +149,9 @@ class VeloWorker(SimpleWorker):
         self.last_cleaned_at = now()
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        # No RQ scheduler process: Velosiped schedules nothing (retries are immediate), and
-        # WorkerPool would otherwise fork one per worker.
+        # No RQ scheduler process: Velosiped schedules nothing (a dead worker's file is requeued
+        # at once; storage trouble is retried with backoff inside the job, see worker.backoff),
+        # and WorkerPool would otherwise fork one per worker.
         kwargs["with_scheduler"] = False
         watch_redis(self.connection, give_up)
         return super().work(*args, **kwargs)
