@@ -45,7 +45,7 @@ from velosiped import logs, payloads, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
 from velosiped.errors import InputError, redact
 from velosiped.jobs import FAILURE_CALLBACK, INLINE_TASK, TASK, Payload
-from velosiped.rqapi import make_queue
+from velosiped.rqapi import VeloQueue, make_queue
 from worker import metrics, models
 
 __all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
@@ -89,6 +89,8 @@ def check_job(job: Job) -> Payload | None:
 
 class VeloWorker(SimpleWorker):
     """A non-forking RQ worker speaking JSON, with a short renewable lease on its file."""
+
+    queue_class = VeloQueue  # for queues given by name (a WorkerPool passes its own: VeloPool gets it too)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = JSONSerializer
@@ -231,6 +233,13 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
         worker.work(burst=burst, logging_level="INFO")
         return
     gc.freeze()  # before forking: the collector then never writes to the pages workers share
-    pool = VeloPool([queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer)
+    pool = VeloPool(
+        [queue],
+        connection=conn,
+        num_workers=processes,
+        worker_class=VeloWorker,
+        serializer=JSONSerializer,
+        queue_class=VeloQueue,
+    )
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")

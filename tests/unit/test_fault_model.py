@@ -140,3 +140,15 @@ def test_a_parquet_stream_that_drops_is_transient_not_a_bad_file():
         score_stream(_Dropping(), io.BytesIO(), object(), name=URI, parquet=True)
     assert not isinstance(raised.value, InputError), raised.value
     assert isinstance(storage.translate(URI, raised.value), TransientError), repr(raised.value)
+
+
+def test_a_killed_worker_holds_the_queue_maintenance_lock_a_minute_at_most(redis):
+    from velosiped.rqapi import MAINTENANCE_LOCK_TTL, make_queue
+    from worker.runner import VeloWorker
+
+    queue = make_queue(redis, "velo")
+    assert queue.acquire_maintenance_lock()
+    assert 0 < redis.ttl(queue.registry_cleaning_key) <= MAINTENANCE_LOCK_TTL <= 60
+    assert not queue.acquire_maintenance_lock()  # one cleaner at a time, still
+    worker = VeloWorker(["velo"], connection=redis)
+    assert all(type(q).__name__ == "VeloQueue" for q in worker.queues)
