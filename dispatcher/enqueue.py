@@ -47,7 +47,9 @@ CHUNK = 1000
 """Jobs enqueued per Redis round trip."""
 
 RETRIES = 3
-"""Times RQ re-runs a job that raised a transient error or whose worker died."""
+"""Times RQ re-runs a job whose worker died (killed, out of memory), at once: no interval, which
+would need an RQ scheduler. Transient storage errors are retried inside the job, with backoff
+(worker.backoff), and never reach RQ."""
 
 _ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from dispatcher import sharding
 from velosiped import storage
 from velosiped.errors import InputError
-from velosiped.jobs import PARTS_SUFFIX, error_uri, params_key
+from velosiped.jobs import FAILED_FOR_GOOD, PARTS_SUFFIX, error_uri, params_key
 
 __all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan"]
 
@@ -137,6 +137,8 @@ def _reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Opt
         return "already done"
     if error_uri(output) in existing:
         failed = storage.read_json(error_uri(output)) or {}
+        if failed.get("kind", "input") not in FAILED_FOR_GOOD:
+            return "new"  # storage trouble (or a configuration since fixed, maybe): try it again
         if (failed.get("input_version"), failed.get("model_version"), failed.get("params")) == (
             info.version,
             opts.model_version,

@@ -4,6 +4,7 @@
     proxy.fail("GET", r"^/bucket/in/1\\.csv", status=503, times=2)   # the next 2 matching requests get a 503
     proxy.reset("GET", r"^/bucket/in/1\\.csv", times=1)      # then 1 gets its connection reset, no response
     proxy.delay("PUT", r".*", seconds=2, times=1)            # the next PUT waits 2 s before being forwarded
+    proxy.cut("GET", r"^/bucket/in/1\\.csv", after=1000)     # the next GET's body stops after 1000 bytes (RST)
     proxy.deny("GET", r"^/bucket/in/2\\.csv")                 # every matching request: 403 AccessDenied
     env = {"AWS_ENDPOINT_URL": proxy.url}
     ...
@@ -13,7 +14,7 @@
 Rules are tried in the order they were added; the first matching rule that has requests left
 applies (a `deny` rule never runs out). Anything else is forwarded unchanged: method, path, query,
 headers and body go to the upstream endpoint, and its response is streamed back. Every request is
-recorded with the fault it got (`"503"`, `"reset"`, `"delay"`, `"403"`) or `"forwarded"` and the
+recorded with the fault it got (`"503"`, `"reset"`, `"cut"`, `"delay"`, `"403"`) or `"forwarded"` and the
 upstream status.
 """
 
@@ -55,7 +56,7 @@ _ERROR_CODES = {
 
 @dataclass
 class Rule:
-    """One fault: `kind` is "status", "reset" or "delay"; `times` None means forever."""
+    """One fault: `kind` is "status", "reset", "cut" or "delay"; `times` None means forever."""
 
     method: str
     pattern: re.Pattern[str]
@@ -63,6 +64,8 @@ class Rule:
     times: int | None
     status: int = 0
     seconds: float = 0.0
+    code: str | None = None  # the S3 error code of a "status" fault (default: the status's usual one)
+    after: int = 0  # bytes of the body a "cut" fault lets through
     used: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -129,9 +132,15 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    def fail(self, method: str, path_regex: str, *, status: int = 503, times: int = 1) -> Rule:
-        """Answer the next ``times`` matching requests with ``status`` and an S3 XML error body."""
-        return self._add(Rule(method.upper(), re.compile(path_regex), "status", times, status=status))
+    def fail(self, method: str, path_regex: str, *, status: int = 503, times: int = 1, code: str | None = None) -> Rule:
+        """Answer the next ``times`` matching requests with ``status`` and an S3 XML error body
+        (its ``<Code>`` is ``code``, else the status's usual one: 503 SlowDown, 500 InternalError...)."""
+        return self._add(Rule(method.upper(), re.compile(path_regex), "status", times, status=status, code=code))
+
+    def cut(self, method: str, path_regex: str, *, after: int, times: int = 1) -> Rule:
+        """Forward the next ``times`` matching requests, but reset the connection (TCP RST) after
+        ``after`` bytes of the response body: a connection dropped mid-download."""
+        return self._add(Rule(method.upper(), re.compile(path_regex), "cut", times, after=after))
 
     def reset(self, method: str, path_regex: str, *, times: int = 1) -> Rule:
         """Close the connection of the next ``times`` matching requests without answering (TCP RST)."""
@@ -183,8 +192,13 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         """A client that went away mid-answer is no news: stay quiet."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.resets: set = set()  # connections to close with a RST (sockets take no attributes)
+
     def shutdown_request(self, request) -> None:
-        if getattr(request, "_velo_reset", False):
+        if request in self.resets:
+            self.resets.discard(request)
             with contextlib.suppress(OSError):
                 request.close()  # SO_LINGER 0: the close sends RST, no FIN first
             return
@@ -220,24 +234,26 @@ class _Handler(BaseHTTPRequestHandler):
         rule = proxy._take(method, path)
         if rule is not None and rule.kind == "reset":
             proxy._record(Hit(method, path, "reset"))
-            with contextlib.suppress(OSError):
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection._velo_reset = True  # type: ignore[attr-defined]
-            self.close_connection = True
+            self._reset_after_answer()
             return
         if rule is not None and rule.kind == "status":
             proxy._record(Hit(method, path, str(rule.status), rule.status))
-            self._send_error(rule.status, method)
+            self._send_error(rule.status, method, rule.code)
             return
         fault = "forwarded"
         if rule is not None and rule.kind == "delay":
             fault = "delay"
             time.sleep(rule.seconds)
-        status = self._forward(method, path, body)
-        proxy._record(Hit(method, path, fault, status))
+        cut = rule.after if rule is not None and rule.kind == "cut" else None
+        status = None
+        try:
+            status = self._forward(method, path, body, cut)
+        finally:  # recorded even when the client gave up meanwhile (a delay past its timeout)
+            proxy._record(Hit(method, path, "cut" if cut is not None else fault, status))
 
-    def _send_error(self, status: int, method: str) -> None:
-        code, message = _ERROR_CODES.get(status, ("InjectedError", "Injected error."))
+    def _send_error(self, status: int, method: str, code: str | None = None) -> None:
+        usual, message = _ERROR_CODES.get(status, ("InjectedError", "Injected error."))
+        code = code or usual
         payload = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f"<Error><Code>{code}</Code><Message>{message}</Message>"
@@ -251,7 +267,14 @@ class _Handler(BaseHTTPRequestHandler):
         if method != "HEAD":
             self.wfile.write(payload)
 
-    def _forward(self, method: str, path: str, body: bytes) -> int | None:
+    def _reset_after_answer(self) -> None:
+        """Close this connection with a TCP RST once the handler returns (see _Server.shutdown_request)."""
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.server.resets.add(self.connection)
+        self.close_connection = True
+
+    def _forward(self, method: str, path: str, body: bytes, cut: int | None = None) -> int | None:
         proxy = self.server.proxy
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body or method in ("PUT", "POST"):
@@ -273,12 +296,24 @@ class _Handler(BaseHTTPRequestHandler):
             elif length is not None:
                 self.send_header("Content-Length", length)
                 self.end_headers()
+                sent = 0
                 while chunk := response.read(1 << 16):  # stream: never the whole object in memory
+                    if cut is not None and sent + len(chunk) > cut:
+                        self.wfile.write(chunk[: cut - sent])
+                        self.wfile.flush()
+                        self._reset_after_answer()
+                        return response.status
                     self.wfile.write(chunk)
+                    sent += len(chunk)
             else:
                 data = response.read()
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if cut is not None and len(data) > cut:
+                    self.wfile.write(data[:cut])
+                    self.wfile.flush()
+                    self._reset_after_answer()
+                    return response.status
                 self.wfile.write(data)
             self.wfile.flush()
             return response.status

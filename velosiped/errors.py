@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ConfigError", "InputError", "TransientError", "VeloError", "redact"]
+__all__ = ["ConfigError", "InputError", "StorageError", "TransientError", "VeloError", "redact"]
 
 
 def redact(url: str) -> str:
@@ -20,12 +20,25 @@ class ConfigError(VeloError):
     """Bad usage or configuration: bad URI, unreachable Redis, missing model. CLI exit code 2."""
 
 
+class StorageError(ConfigError):
+    """The store refuses for good (access denied, no such bucket, no credentials): retrying will not
+    help, fixing the configuration will; a file failed so is tried again by the next dispatch."""
+
+
 class InputError(VeloError):
     """A file (or the model on it) cannot be scored; deterministic, so the job fails once, not retried."""
 
 
 class TransientError(VeloError):
-    """Storage or network trouble that may pass: the job is retried with backoff."""
+    """Storage or network trouble that may pass: the job is retried with backoff.
+
+    ``brief`` names the trouble in a few words (``503 SlowDown``, ``ReadTimeoutError``) for the
+    one-line reason recorded once every attempt failed.
+    """
+
+    def __init__(self, message: str, brief: str = "") -> None:
+        super().__init__(message)
+        self.brief = brief or message
 
 
 # Exit codes of every `velo` command, named (as dramatiq's RET_OK...); exit_code() alone maps an

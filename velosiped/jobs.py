@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 from velosiped.errors import InputError
 
 __all__ = [
+    "FAILED_FOR_GOOD",
     "FAILURE_CALLBACK",
     "PARTS_SUFFIX",
     "TASK",
@@ -164,6 +165,13 @@ def error_uri(output: str) -> str:
     """Where a failed file's reason is written: next to where its output would be."""
     return output + ".error.json"
 
+
+FAILED_FOR_GOOD = frozenset({"input", "timeout", "abandoned"})
+"""Failure kinds (the ``kind`` of an error file) that stay failed until the file, model or options
+change, or ``velo retry``: bad input, a file past its time limit, a file whose worker died on every
+attempt (out of memory) would fail the same way again. The other kinds (``transient`` storage
+trouble, ``config`` such as access denied, ``unexpected``) are tried again by the next dispatch.
+A record without a kind (written before kinds existed) stays failed, as it did."""
 
 PARTS_SUFFIX = ".velo-parts"
 """``<output>.velo-parts/<group>/<index>.part``: where shard outputs wait to be assembled."""

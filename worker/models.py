@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from velosiped import storage
 from velosiped.access import MODEL_PREFIXES_ENV, check_prefix
-from velosiped.errors import InputError
+from velosiped.errors import InputError, VeloError
 from velosiped.models import sha256_file
 from worker import metrics
 
@@ -85,13 +85,21 @@ def _local_copy(uri: str, version: str) -> str:
         extra = {"IfMatch": version.removeprefix("etag:")} if version.startswith("etag:") else {}
         try:  # only the version the dispatcher saw: a model replaced since is refused, not mislabelled
             body = storage.client().get_object(Bucket=bucket, Key=key, **extra)["Body"]
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+            with storage.write_atomic(path) as dst:
+                for chunk in body.iter_chunks(1 << 20):  # a dropped or stalled body fails here
+                    dst.write(chunk)
+        except VeloError:
+            raise
+        except Exception as e:
+            if isinstance(e, botocore.exceptions.ClientError) and e.response.get("Error", {}).get("Code") in {
+                "PreconditionFailed",
+                "412",
+            }:
                 raise InputError(f"{uri}: model changed since dispatch; dispatch again to use the new version") from e
-            raise storage.s3_error(uri, e) from e
-        with storage.write_atomic(path) as dst:
-            for chunk in body.iter_chunks(1 << 20):
-                dst.write(chunk)
+            found = storage.translate(uri, e)
+            if found is None:
+                raise
+            raise found from e
     return path
 
 

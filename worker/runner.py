@@ -45,7 +45,7 @@ from velosiped import logs, payloads, settings, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
 from velosiped.errors import EXIT_USAGE, InputError, redact
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload
-from velosiped.rqapi import make_queue
+from velosiped.rqapi import VeloQueue, make_queue
 from worker import metrics, models
 
 __all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
@@ -76,6 +76,8 @@ def check_job(job: Job) -> Payload | None:
 
 class VeloWorker(SimpleWorker):
     """A non-forking RQ worker speaking JSON, with a short renewable lease on its file."""
+
+    queue_class = VeloQueue  # for queues given by name (a WorkerPool passes its own: VeloPool gets it too)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = JSONSerializer
@@ -164,8 +166,9 @@ class VeloWorker(SimpleWorker):
         self.last_cleaned_at = now()
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        # No RQ scheduler process: Velosiped schedules nothing (retries are immediate), and
-        # WorkerPool would otherwise fork one per worker.
+        # No RQ scheduler process: Velosiped schedules nothing (a dead worker's file is requeued
+        # at once; storage trouble is retried with backoff inside the job, see worker.backoff),
+        # and WorkerPool would otherwise fork one per worker.
         kwargs["with_scheduler"] = False
         watch_redis(self.connection, give_up)
         return super().work(*args, **kwargs)
@@ -256,7 +259,14 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
         worker.work(burst=burst, logging_level="INFO")
         return worker.interrupted
     gc.freeze()  # before forking: the collector then never writes to the pages workers share
-    pool = VeloPool([queue], connection=conn, num_workers=processes, worker_class=VeloWorker, serializer=JSONSerializer)
+    pool = VeloPool(
+        [queue],
+        connection=conn,
+        num_workers=processes,
+        worker_class=VeloWorker,
+        serializer=JSONSerializer,
+        queue_class=VeloQueue,
+    )
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")
     return pool.interrupted

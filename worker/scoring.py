@@ -11,7 +11,6 @@ import csv
 import gzip
 import io
 import os
-import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from velosiped.errors import InputError
+from velosiped import storage
+from velosiped.errors import InputError, TransientError
 from velosiped.storage import MAX_HEADER
 
 __all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "is_parquet", "score_stream"]
@@ -35,9 +35,6 @@ columns: 2 MiB blocks are the fastest and add ~130 MB to a worker; 8 MiB ones ad
 
 PARQUET_BATCH_ROWS = 65_536
 """Rows read from a Parquet file at a time."""
-
-_TEST_SLOW_BLOCKS = float(os.environ.get("VELO_TEST_SLOW_ROWS") or 0)
-"""Test knob: seconds to sleep after each block, so fault tests can catch a worker mid-file."""
 
 _NULL_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 _CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)
@@ -256,6 +253,8 @@ def _parquet_blocks(src: IO[bytes], name: str) -> Blocks:
     try:
         pf = pq.ParquetFile(src)
     except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(storage.translate(name, e), TransientError):
+            raise  # the stream failed, not the file: the worker tries it again
         raise InputError(f"{name}: not a Parquet file ({_one_line(e)})") from e
     schema = pf.schema_arrow
     return list(schema.names), pf.iter_batches(batch_size=PARQUET_BATCH_ROWS), schema
@@ -296,8 +295,6 @@ def score_stream(
                 continue
             out.write(_predict(batch, spec, model, kept, classes, names, rows, name))
             rows += batch.num_rows
-            if _TEST_SLOW_BLOCKS:
-                time.sleep(_TEST_SLOW_BLOCKS)
         if isinstance(out, _ParquetOut):
             out.close(_empty(model, kept, classes, names, schema))
         return rows

@@ -8,7 +8,6 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-import botocore.exceptions
 from redis import exceptions as redis_errors
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
@@ -17,10 +16,11 @@ from rq.timeouts import JobTimeoutException
 
 from velosiped import keys, payloads, storage
 from velosiped.access import MODEL_PREFIXES_ENV, check_path
-from velosiped.errors import InputError, TransientError, VeloError
+from velosiped.errors import ConfigError, InputError, TransientError, VeloError
 from velosiped.jobs import Payload, error_uri, lineage, payload_params, validate
 from velosiped.state import FileState, set_state
-from worker import metrics, models, shards
+from velosiped.storage.base import causes
+from worker import backoff, metrics, models, shards
 from worker.scoring import Dialect, is_parquet, score_stream
 
 __all__ = ["on_job_failure", "score", "score_file"]
@@ -45,8 +45,9 @@ def score() -> dict[str, Any]:
 def score_file(payload: dict[str, Any]) -> dict[str, Any]:
     """Score one file as the payload says (see :mod:`velosiped.jobs`).
 
-    Bad input fails the file once (error recorded, job finished); transient errors raise so
-    RQ retries the job, and are recorded as the file's failure on the last attempt.
+    Bad input fails the file once (error recorded, job finished); after transient storage
+    trouble the file is tried again with backoff (:mod:`worker.backoff`), and recorded as
+    failed only when every attempt failed.
     """
     job = get_current_job()
     redis = job.connection if job else None
@@ -58,25 +59,26 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
         set_state(redis, p["batch"], p["input"], FileState.RUNNING)
     started = time.perf_counter()
     try:
-        rows, total = _score(p, redis)
-    except TransientError as e:  # RQ retries the job; on_job_failure records it once retries run out
-        retry = "will retry" if job is not None and job.retries_left else "giving up"
-        log.warning("%s (%s)", e, retry, extra=_fields(p, job, started))
-        raise
+        rows, total = _score(p, job, started)
+    except TransientError as e:  # every attempt failed: recorded, and the next dispatch tries it again
+        log.error("%s", e, extra=_fields(p, job, started))
+        metrics.file_failed("transient")
+        return _fail(p, str(e), redis, "transient")
     except JobTimeoutException:
         limit = job.timeout if job is not None else "?"
         reason = f"{p['input']}: stopped at the time limit of {limit} s; raise --timeout"
         log.error("%s", reason, extra=_fields(p, job, started))
         metrics.file_failed("timeout")
-        return _fail(p, reason, redis)
+        return _fail(p, reason, redis, "timeout")
     except VeloError as e:
         log.error("%s", e, extra=_fields(p, job, started))
-        metrics.file_failed(metrics.reason_of(type(e)))
-        return _fail(p, str(e), redis)
+        kind = metrics.reason_of(type(e))
+        metrics.file_failed(kind)
+        return _fail(p, str(e), redis, kind)
     except Exception as e:  # a bug or a model's own error: fail this file alone, keep serving
         log.error("%s: unexpected %s", p["input"], type(e).__name__, exc_info=True, extra=_fields(p, job, started))
         metrics.file_failed("unexpected")
-        return _fail(p, f"{p['input']}: unexpected {type(e).__name__}: {e}", redis)
+        return _fail(p, f"{p['input']}: unexpected {type(e).__name__}: {e}", redis, "unexpected")
     seconds = time.perf_counter() - started
     if p.get("shard"):
         return _shard_scored(p, job, redis, rows, total, started)
@@ -115,8 +117,9 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
             str(exc_value) if isinstance(exc_value, VeloError) else f"{p['input']}: {exc_type.__name__}: {exc_value}"
         )
     log.error("%s", reason, extra={"batch": p["batch"], "file": p["input"], "job_id": job.id})
-    metrics.file_failed(metrics.reason_of(exc_type))
-    _fail(p, reason, connection)
+    kind = metrics.reason_of(exc_type)
+    metrics.file_failed(kind)
+    _fail(p, reason, connection, kind)
     payloads.drop(connection, job.id)
 
 
@@ -126,24 +129,71 @@ def _check_paths(p: Payload) -> None:
     check_path(p["model"], MODEL_PREFIXES_ENV)
 
 
-def _score(p: Payload, redis: Any) -> tuple[int, int | None]:
-    """Score the file or shard the payload names: (rows scored now, the file's rows once it is complete)."""
+def _score(p: Payload, job: Job | None, started: float) -> tuple[int, int | None]:
+    """Score the file or shard the payload names: (rows scored now, the file's rows once it is complete).
+
+    Transient trouble (S3, the network, Redis) anywhere in it, the model's download included,
+    gets the file tried again after a backoff; the last attempt's raises, naming the count.
+    """
     _check_paths(p)
-    model = models.load(p["model"], p["model_version"], p["model_sha256"])
+    redis = job.connection if job is not None else None
+    tries = backoff.attempts()
+    for attempt in range(1, tries + 1):
+        try:
+            return _score_once(p, redis)
+        except TransientError as e:
+            if attempt == tries:
+                where = "Redis" if isinstance(e.__cause__, redis_errors.RedisError) else "S3"
+                raise TransientError(
+                    f"{p['input']}: {where} unavailable after {tries} attempts ({e.brief}); "
+                    "the next dispatch tries it again",
+                    brief=e.brief,
+                ) from e
+            pause = backoff.compute_backoff(attempt)
+            log.warning(
+                "%s; attempt %d of %d, again in %.1f s", e, attempt, tries, pause, extra=_fields(p, job, started)
+            )
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _score_once(p: Payload, redis: Any) -> tuple[int, int | None]:
+    """One attempt: every storage library's error is Velosiped's on the way out (see ``_classify``)."""
     try:
+        model = models.load(p["model"], p["model_version"], p["model_sha256"])
         if p.get("shard"):
             return shards.score(p, model, redis)
         rows = _score_whole(p, model)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:  # mid-stream
-        raise storage.s3_error(p["input"], e) from e
-    except (ConnectionError, TimeoutError) as e:  # a reset or stalled connection may pass
-        raise TransientError(f"{p['input']}: connection trouble ({e})") from e
-    except redis_errors.RedisError as e:  # a shard's progress could not be recorded: run it again
-        raise TransientError(f"{p['input']}: Redis trouble ({e})") from e
-    if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
-        storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(rows)})
-    storage.delete(error_uri(p["output"]))  # a stale failure from an earlier run no longer holds
-    return rows, rows
+        if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
+            storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(rows)})
+        storage.delete(error_uri(p["output"]))  # a stale failure from an earlier run no longer holds
+        return rows, rows
+    except JobTimeoutException:
+        raise
+    except Exception as e:
+        # The time limit may strike inside the model's predict, whose errors scoring reports as the file's.
+        limit = next((c for c in causes(e) if isinstance(c, JobTimeoutException)), None)
+        if limit is not None:
+            raise limit from None
+        found = _classify(p, e)
+        if found is e:
+            raise
+        raise found from e
+
+
+def _classify(p: Payload, error: Exception) -> Exception:
+    """What an attempt's error means: storage trouble found anywhere in its cause chain wins over what
+    the code that caught it thought (pyarrow reports a dropped S3 stream as an unreadable file)."""
+    if isinstance(error, redis_errors.RedisError):  # a shard's progress could not be recorded: run it again
+        return TransientError(f"{p['input']}: Redis trouble ({error})", brief=f"Redis: {type(error).__name__}")
+    if isinstance(error, (TransientError, ConfigError)):
+        return error
+    if isinstance(error, InputError):
+        cause = error.__cause__
+        found = storage.translate(p["input"], cause) if cause is not None else None
+        return found if isinstance(found, TransientError) else error
+    found = storage.translate(p["input"], error)
+    return found if found is not None else error
 
 
 def _score_whole(p: Payload, model: Any) -> int:
@@ -181,7 +231,9 @@ def _fields(p: Payload, job: Job | None, started: float, **more: Any) -> dict[st
     return {"batch": p["batch"], "file": p["input"], "job_id": job.id if job else None, "seconds": seconds, **more}
 
 
-def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
+def _fail(p: Payload, reason: str, redis: Any, kind: str) -> dict[str, Any]:
+    """Record the file's failure; ``kind`` (see :data:`velosiped.jobs.FAILED_FOR_GOOD`) tells the
+    next dispatch whether to try it again."""
     if p.get("shard") and redis is not None and shards.settle(redis, p):
         # Its file failed (or was assembled) meanwhile, e.g. another shard's bad row removed the
         # parts this one was writing: the file's first reason stands, this one is a consequence.
@@ -194,6 +246,7 @@ def _fail(p: Payload, reason: str, redis: Any) -> dict[str, Any]:
         "file": p["input"],
         "output": p["output"],
         "error": reason,
+        "kind": kind,
         "batch": p["batch"],
         "input_version": p["input_version"],
         "model": p["model"],

@@ -2,8 +2,8 @@
 
 Each test runs the real `velo` command as subprocesses against a private redis-server and moto's
 S3 HTTP server (through `faultproxy` where S3 misbehaves). Knobs keep them short: a small parser
-block (`VELO_BLOCK_SIZE`) with a sleep after each block (`VELO_TEST_SLOW_ROWS`) makes a file take
-seconds, and a short lease (`VELO_HEARTBEAT_TTL`, `VELO_MAINTENANCE_INTERVAL`) makes a dead
+block (`VELO_BLOCK_SIZE`) and a model that sleeps at each block (`slowmodel.SlowModel`) make a file
+take seconds, and a short lease (`VELO_HEARTBEAT_TTL`, `VELO_MAINTENANCE_INTERVAL`) makes a dead
 worker's job come back within seconds.
 """
 
@@ -38,19 +38,20 @@ from helpers import (
 )
 from rq import Queue
 from rq.serializers import JSONSerializer
+from slowmodel import WORKER_ENV, dump_slow_model
 
 pytestmark = pytest.mark.e2e
 
 BLOCK = 4096
-"""Parser block size the slowed workers use: a file of N blocks sleeps N times."""
+"""Parser block size the slowed workers use: a file of N blocks calls a slow model N times."""
 
 LIVENESS = {"VELO_HEARTBEAT_TTL": "4", "VELO_MAINTENANCE_INTERVAL": "2"}
 """A dead worker's job lease runs out after 4 s; live workers look for such jobs every 2 s."""
 
 
-def slowed(seconds_per_block: float, **extra: str) -> dict[str, str]:
-    """Worker env: small blocks, a sleep after each, short leases."""
-    return {"VELO_BLOCK_SIZE": str(BLOCK), "VELO_TEST_SLOW_ROWS": str(seconds_per_block), **LIVENESS, **extra}
+def slowed(**extra: str) -> dict[str, str]:
+    """Worker env: small blocks, short leases, and what loading a `slow_model` takes."""
+    return {"VELO_BLOCK_SIZE": str(BLOCK), **LIVENESS, **WORKER_ENV, **extra}
 
 
 COUNTERS = ("total", "queued", "running", "done", "failed")
@@ -89,6 +90,12 @@ def model_path(model, tmp_path):
     return dump_model(model, tmp_path / "model" / "model.joblib")
 
 
+@pytest.fixture
+def slow_model(model, tmp_path):
+    """slow_model(seconds): the path of `model` sleeping `seconds` per block (for `slowed()` workers)."""
+    return lambda seconds: dump_slow_model(model, seconds, tmp_path / "model" / f"slow-{seconds}.joblib")
+
+
 def clean_output(velo, s3, redis_url: str, source_prefix: str, name: str, model_path) -> bytes:
     """Score `source_prefix` into s3://velo-test/clean/ with a fast burst worker; return `clean/<name>`."""
     velo(
@@ -113,7 +120,7 @@ def clean_output(velo, s3, redis_url: str, source_prefix: str, name: str, model_
 
 @pytest.mark.timeout(120)
 def test_sigkill_mid_file_another_worker_redoes_it_with_the_same_bytes(
-    s3, clean_redis, velo, start_velo, model, model_path
+    s3, clean_redis, velo, start_velo, model, model_path, slow_model
 ):
     # Given one file that takes a slowed worker about 6 s (24 blocks x 0.25 s)
     frame = slow_frame(24, BLOCK, seed=101)
@@ -121,10 +128,10 @@ def test_sigkill_mid_file_another_worker_redoes_it_with_the_same_bytes(
     # And the bytes a clean, unslowed run writes for it
     clean = clean_output(velo, s3, clean_redis, "in/", "big.out.csv", model_path)
     # And worker A, slowed, with short leases
-    worker_a = start_velo("worker", "--redis", clean_redis, env=slowed(0.25))
+    worker_a = start_velo("worker", "--redis", clean_redis, env=slowed())
 
     # When the file is dispatched and A is seen running it
-    dispatched = velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", clean_redis, check=0)
+    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), "--redis", clean_redis, check=0)
     batch_id, enqueued, _ = find_dispatch_line(dispatched.stdout)
     assert enqueued == 1
     wait_until(
@@ -140,7 +147,7 @@ def test_sigkill_mid_file_another_worker_redoes_it_with_the_same_bytes(
     assert worker_a.wait(timeout=10) == -signal.SIGKILL
     killed_at = time.monotonic()
     assert not s3.exists("in/big.out.csv"), "a partial output is visible after the kill"
-    worker_b = start_velo("worker", "--redis", clean_redis, env=slowed(0.25))
+    worker_b = start_velo("worker", "--redis", clean_redis, env=slowed())
 
     # Then the batch finishes within 60 s of the kill
     final = wait_until(
@@ -163,19 +170,19 @@ def test_sigkill_mid_file_another_worker_redoes_it_with_the_same_bytes(
 
 @pytest.mark.timeout(150)
 def test_chaos_random_sigkills_lose_no_file_and_write_each_output_once(
-    s3, clean_redis, velo, start_velo, model, model_path
+    s3, clean_redis, velo, start_velo, model, model_path, slow_model
 ):
     # Given 50 small files, each a few slowed blocks (about 0.75 s of work each)
     frames = {f"in/{i:02d}.csv": slow_frame(3, BLOCK, seed=1000 + i) for i in range(50)}
     for key, frame in frames.items():
         s3.put(key, csv_bytes(frame))
-    env = slowed(0.25)
+    env = slowed()
     # And three workers
     workers = [start_velo("worker", "--redis", clean_redis, env=env) for _ in range(3)]
     everyone = list(workers)
 
     # When the folder is dispatched
-    dispatched = velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", clean_redis, check=0)
+    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), "--redis", clean_redis, check=0)
     batch_id, enqueued, _ = find_dispatch_line(dispatched.stdout)
     assert enqueued == 50
     # And every ~3 s a random worker is killed with SIGKILL and a replacement started
@@ -225,15 +232,15 @@ def test_chaos_random_sigkills_lose_no_file_and_write_each_output_once(
 
 @pytest.mark.timeout(90)
 def test_sigterm_finishes_the_file_in_hand_then_exits_0_without_taking_another(
-    s3, clean_redis, velo, start_velo, model, model_path
+    s3, clean_redis, velo, start_velo, model, model_path, slow_model
 ):
     # Given a file that takes a slowed worker about 5 s, and a small one queued behind it
     slow = slow_frame(20, BLOCK, seed=201)
     small = make_frame(12, seed=202)
     s3.put("in/a.csv", csv_bytes(slow))
     s3.put("in/b.csv", csv_bytes(small))
-    worker = start_velo("worker", "--redis", clean_redis, env=slowed(0.25))
-    dispatched = velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", clean_redis, check=0)
+    worker = start_velo("worker", "--redis", clean_redis, env=slowed())
+    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), "--redis", clean_redis, check=0)
     batch_id, enqueued, _ = find_dispatch_line(dispatched.stdout)
     assert enqueued == 2
     wait_until(
@@ -268,14 +275,14 @@ def test_sigterm_finishes_the_file_in_hand_then_exits_0_without_taking_another(
 
 @pytest.mark.timeout(90)
 def test_second_sigterm_stops_at_once_and_the_file_is_redone_after_its_lease_expires(
-    s3, clean_redis, velo, start_velo, model, model_path
+    s3, clean_redis, velo, start_velo, model, model_path, slow_model
 ):
     # Given a file that takes a slowed worker about 8 s, being scored by worker A
     slow = slow_frame(32, BLOCK, seed=301)
     s3.put("in/a.csv", csv_bytes(slow))
     clean = clean_output(velo, s3, clean_redis, "in/", "a.out.csv", model_path)
-    worker_a = start_velo("worker", "--redis", clean_redis, env=slowed(0.25))
-    dispatched = velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", clean_redis, check=0)
+    worker_a = start_velo("worker", "--redis", clean_redis, env=slowed())
+    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), "--redis", clean_redis, check=0)
     batch_id = find_dispatch_line(dispatched.stdout)[0]
     wait_until(
         lambda: batch_status(velo, clean_redis, batch_id)["running"] == 1,
@@ -301,7 +308,7 @@ def test_second_sigterm_stops_at_once_and_the_file_is_redone_after_its_lease_exp
     assert not s3.exists("in/a.out.csv")
 
     # When worker B starts
-    worker_b = start_velo("worker", "--redis", clean_redis, env=slowed(0.25))
+    worker_b = start_velo("worker", "--redis", clean_redis, env=slowed())
 
     # Then B redoes the file once A's lease has expired: done, the same bytes as a clean run
     final = wait_until(
@@ -319,7 +326,7 @@ def test_second_sigterm_stops_at_once_and_the_file_is_redone_after_its_lease_exp
 
 
 @pytest.mark.timeout(120)
-def test_redis_restart_mid_batch_then_gone_for_good(s3, redis_server, velo, start_velo, model, model_path):
+def test_redis_restart_mid_batch_then_gone_for_good(s3, redis_server, velo, start_velo, model, model_path, slow_model):
     # Given a private redis-server with an append-only file, so a restart keeps the queue
     server = redis_server("--appendonly", "yes", "--save", "")
     url = server.url
@@ -327,9 +334,9 @@ def test_redis_restart_mid_batch_then_gone_for_good(s3, redis_server, velo, star
     frames = {f"in/{i}.csv": slow_frame(4, BLOCK, seed=400 + i) for i in range(10)}
     for key, frame in frames.items():
         s3.put(key, csv_bytes(frame))
-    worker = start_velo("worker", "--redis", url, env=slowed(0.2))
+    worker = start_velo("worker", "--redis", url, env=slowed())
     # And `velo dispatch --wait` running
-    waiter = start_velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", url, "--wait")
+    waiter = start_velo("dispatch", s3.uri("in/"), "--model", slow_model(0.2), "--redis", url, "--wait")
     batch_id = background_batch_id(waiter)
     client = server.client(decode_responses=True)
     wait_until(
@@ -644,7 +651,7 @@ def test_poison_files_each_fail_alone_once_and_the_worker_keeps_serving(
 
 @pytest.mark.timeout(90)
 def test_job_past_its_time_limit_fails_and_the_worker_serves_the_next(
-    clean_redis, velo, start_velo, model, model_path, tmp_path
+    clean_redis, velo, start_velo, model, model_path, slow_model, tmp_path
 ):
     # Given a file that takes a slowed worker about 10 s, and a one-block file in another folder
     slow = slow_frame(20, BLOCK, seed=801)
@@ -654,7 +661,7 @@ def test_job_past_its_time_limit_fails_and_the_worker_serves_the_next(
     (tmp_path / "slow" / "s.csv").write_bytes(csv_bytes(slow))
     (tmp_path / "quick" / "q.csv").write_bytes(csv_bytes(quick))
     # (the model preloaded: on a busy machine loading it inside the job could take the 2 s itself)
-    worker = start_velo("worker", "--redis", clean_redis, "--model", str(model_path), env=slowed(0.5))
+    worker = start_velo("worker", "--redis", clean_redis, "--model", str(slow_model(0.5)), env=slowed())
 
     # When the slow file is dispatched with a 2 s time limit and waited for
     started = time.monotonic()
@@ -662,7 +669,7 @@ def test_job_past_its_time_limit_fails_and_the_worker_serves_the_next(
         "dispatch",
         tmp_path / "slow",
         "--model",
-        model_path,
+        slow_model(0.5),
         "--timeout",
         "2",
         "--redis",

@@ -24,12 +24,14 @@ from helpers import (
     wait_until,
     write_csv,
 )
+from slowmodel import WORKER_ENV, dump_slow_model
 
 pytestmark = pytest.mark.e2e
 
 BLOCK = 4096
-SLOW = {"VELO_BLOCK_SIZE": str(BLOCK), "VELO_TEST_SLOW_ROWS": "0.05"}
-"""Small parser blocks and a sleep after each: a file of N blocks takes N / 20 seconds."""
+SLOW = {"VELO_BLOCK_SIZE": str(BLOCK), **WORKER_ENV}
+"""Small parser blocks, each predicted by a model sleeping 0.05 s (`slowmodel`): a file of N blocks
+takes N / 20 seconds."""
 
 EXIT_GRACE = 5.0
 """Seconds an interrupted command may take to exit (the contract says ~2 s; slack for a busy CI)."""
@@ -69,7 +71,7 @@ def test_ctrl_c_stops_velo_run_at_once_and_the_same_command_finishes_the_rest(st
     for name, frame in frames.items():
         write_csv(data / name, frame)
     model = fit_model()
-    model_path = dump_model(model, tmp_path / "model.joblib")
+    model_path = dump_slow_model(model, 0.05, tmp_path / "model.joblib")
     run = start_velo("run", data, "--model", model_path, "--workers", "2", env=SLOW)
     wait_until(lambda: "enqueued" in run.read_stdout() or run.poll() is not None, 60, message="the dispatch line")
     time.sleep(1.5)  # the workers are mid-file
@@ -93,7 +95,7 @@ def test_ctrl_c_stops_velo_run_at_once_and_the_same_command_finishes_the_rest(st
     assert len(done_before) < len(frames), "every file was done before Ctrl-C: the test did not interrupt anything"
 
     # When the same command runs again (not slowed)
-    again = velo("run", data, "--model", model_path, "--workers", "2", timeout=120)
+    again = velo("run", data, "--model", model_path, "--workers", "2", timeout=120, env=WORKER_ENV)
 
     # Then it scores exactly the files left, and every output is right
     assert again.returncode == 0, velo.describe(again)

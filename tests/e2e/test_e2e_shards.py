@@ -27,6 +27,7 @@ from helpers import (
     parse_dry_run,
     wait_until,
 )
+from slowmodel import WORKER_ENV, dump_slow_model
 
 from worker.scoring import score_stream
 
@@ -178,17 +179,14 @@ def test_a_poison_row_in_one_shard_fails_the_file_cleanly(velo, clean_redis, tmp
 def test_sigkill_mid_shard_still_gives_one_correct_output(
     s3, velo, start_velo, clean_redis, tmp_path, model, model_path
 ):
-    # Given a ~2.2 MB CSV on S3 in 3 shards, and worker A slowed to ~3 s a shard, with short leases
+    # Given a ~2.2 MB CSV on S3 in 3 shards, and worker A slowed to ~3 s a shard (small blocks, a
+    # model sleeping 0.05 s a block), with short leases
     data = csv_bytes(frame_of(int(2.2 * MB), seed=5))
     s3.put("in/big.csv", data)
-    slowed = {
-        "VELO_BLOCK_SIZE": "16384",
-        "VELO_TEST_SLOW_ROWS": "0.05",
-        "VELO_HEARTBEAT_TTL": "4",
-        "VELO_MAINTENANCE_INTERVAL": "2",
-    }
+    slow_model = dump_slow_model(model, 0.05, tmp_path / "slow.joblib")
+    slowed = {"VELO_BLOCK_SIZE": "16384", "VELO_HEARTBEAT_TTL": "4", "VELO_MAINTENANCE_INTERVAL": "2", **WORKER_ENV}
     worker_a = start_velo("worker", "--redis", clean_redis, env=slowed)
-    common = ("--model", model_path, "--redis", clean_redis, "--shard-size", "1MB")
+    common = ("--model", slow_model, "--redis", clean_redis, "--shard-size", "1MB")
     batch_id, enqueued, _ = parse_dispatch(velo("dispatch", s3.uri("in/"), *common, check=0).stdout)
     assert enqueued == 1
 
@@ -203,10 +201,9 @@ def test_sigkill_mid_shard_still_gives_one_correct_output(
     kill_group(worker_a, signal.SIGKILL)
     assert worker_a.wait(timeout=10) == -signal.SIGKILL
     assert not s3.exists("in/big.out.csv")
-    # And worker B (two processes, not slowed) takes over
-    worker_b = start_velo(
-        "worker", "--processes", "2", "--redis", clean_redis, env={**slowed, "VELO_TEST_SLOW_ROWS": ""}
-    )
+    # And worker B (two processes, not slowed: parser blocks of the default size) takes over
+    fast = {k: v for k, v in slowed.items() if k != "VELO_BLOCK_SIZE"}
+    worker_b = start_velo("worker", "--processes", "2", "--redis", clean_redis, env=fast)
 
     # Then the batch finishes with the file done once and its one output right
     final = wait_until(

@@ -1,0 +1,300 @@
+"""S3 (and MinIO and friends) through boto3 and smart_open, and what their errors mean.
+
+Every botocore, urllib3 and smart_open error about an object becomes one of Velosiped's here
+(:meth:`S3Transport.translate`): ``TransientError`` for what may pass (5xx, throttling,
+timeouts, dropped connections), ``StorageError`` for a refusal that will not (access denied,
+no such bucket), ``InputError`` for an object that is not there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import json
+import os
+import types
+from collections.abc import Iterator
+from functools import cache
+from typing import IO, TYPE_CHECKING, Any
+
+import botocore.exceptions
+
+from velosiped.errors import InputError, StorageError, TransientError, VeloError
+from velosiped.storage.base import Bounded, ObjectInfo, causes, changed
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["S3Transport", "client", "split_s3"]
+
+S3_PART_SIZE = 16 * 1024 * 1024
+"""Bytes buffered in memory per S3 output before a multipart part is sent (S3's minimum is 5 MiB)."""
+
+S3_MIN_PART = 5 * 1024 * 1024
+"""S3's smallest part of a multipart upload (all but the last)."""
+
+S3_MAX_PART = 5 * 1024 * 1024 * 1024
+"""S3's largest part, and largest UploadPartCopy source range."""
+
+READ_TIMEOUT_ENV = "VELO_S3_READ_TIMEOUT"
+"""Seconds the S3 client waits for a response (or the next bytes of one) before giving up on it
+(default 60, botocore's); the attempt then counts as failed and is retried."""
+
+_TRANSIENT_CODES = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "InternalError",
+    "BadGateway",
+    "GatewayTimeout",
+    "SlowDown",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "429",
+}
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+_DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+@cache
+def client() -> S3Client:
+    """One boto3 S3 client per process.
+
+    boto3's standard retry mode retries a failed request 5 times within seconds (``AWS_MAX_ATTEMPTS``,
+    boto3's own setting, counts attempts in all); Velosiped retries the whole file after that, with a
+    longer backoff.
+    """
+    import boto3  # imported here: commands that never touch S3 (`velo status`) start faster
+    import botocore.config
+    import smart_open.s3
+
+    # smart_open would sleep 10 s x 6 on a connection error before multipart uploads, then raise
+    # an OSError that names no cause: let the error through, the worker retries the file.
+    smart_open.s3.RETRY.exceptions = []
+    timeout = float(os.environ.get(READ_TIMEOUT_ENV) or 60)
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS")
+    retries = {"total_max_attempts": int(attempts)} if attempts else {"max_attempts": 5}
+    config = botocore.config.Config(
+        retries={"mode": "standard", **retries},  # type: ignore[typeddict-item]
+        read_timeout=timeout,
+        connect_timeout=min(timeout, 60),
+    )
+    return boto3.client("s3", config=config)
+
+
+def _client_error(uri: str, error: botocore.exceptions.ClientError) -> VeloError:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    message = error.response.get("Error", {}).get("Message", "") or code
+    if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
+        brief = f"{status} {code}" if status and str(status) != code else code
+        return TransientError(f"{uri}: S3 error {code}: {message}", brief=brief)
+    if code == "NoSuchBucket":
+        return StorageError(f"{uri}: bucket does not exist; check the bucket name and AWS_ENDPOINT_URL")
+    if code in _DENIED_CODES:
+        return StorageError(f"{uri}: access denied by S3 ({code}); check the credentials and bucket policy")
+    if code in _MISSING_CODES:
+        return InputError(f"{uri}: no such object")
+    return InputError(f"{uri}: S3 error {code}: {message}")
+
+
+def _from_smart_open(error: BaseException) -> bool:
+    """Raised by smart_open's S3 code itself: its reader gives up on a body with an OSError naming no cause."""
+    tb: types.TracebackType | None = error.__traceback__
+    module = ""
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return module == "smart_open.s3"
+
+
+def translate(uri: str, error: BaseException) -> VeloError | None:
+    """Velosiped's error for a botocore/urllib3/smart_open error anywhere in ``error``'s cause chain, or None."""
+    import urllib3.exceptions
+
+    for e in causes(error):
+        if isinstance(e, botocore.exceptions.ClientError):
+            return _client_error(uri, e)
+        if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+            return StorageError(f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        if isinstance(e, botocore.exceptions.ParamValidationError):
+            return None  # a bug of ours, not S3's trouble
+        if isinstance(
+            e, (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+        ):
+            return TransientError(f"{uri}: cannot reach S3 ({type(e).__name__}: {e})", brief=type(e).__name__)
+    if isinstance(error, OSError) and _from_smart_open(error):
+        return TransientError(f"{uri}: S3 stream failed ({error})", brief="stream failed")
+    return None
+
+
+class S3Transport:
+    """``s3://bucket/key`` URIs."""
+
+    @contextlib.contextmanager
+    def _errors(self, uri: str) -> Iterator[None]:
+        try:
+            yield
+        except VeloError:
+            raise
+        except Exception as e:
+            found = translate(uri, e)
+            if found is None:
+                raise
+            raise found from e
+
+    def translate(self, uri: str, error: BaseException) -> VeloError | None:
+        return translate(uri, error)
+
+    def list_files(
+        self, source: str, patterns: tuple[str, ...], start_after: str | None = None
+    ) -> Iterator[ObjectInfo]:
+        # Paged, 1,000 keys a request: memory stays flat whatever the count.
+        bucket, prefix = split_s3(source)
+        after = {"StartAfter": split_s3(start_after)[1]} if start_after else {}
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **after)
+        with self._errors(source):
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    name = key.rsplit("/", 1)[-1]
+                    if any(fnmatch.fnmatch(name, p) for p in patterns):
+                        yield ObjectInfo(f"s3://{bucket}/{key}", "etag:" + obj["ETag"].strip('"'), obj["Size"])
+
+    def _head(self, uri: str) -> dict[str, Any] | None:
+        bucket, key = split_s3(uri)
+        try:
+            return dict(client().head_object(Bucket=bucket, Key=key))
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _MISSING_CODES:
+                return None
+            raise _client_error(uri, e) from e
+        except Exception as e:
+            raise (translate(uri, e) or e) from e
+
+    def head(self, uri: str) -> ObjectInfo | None:
+        meta = self._head(uri)
+        return None if meta is None else ObjectInfo(uri, "etag:" + meta["ETag"].strip('"'), meta["ContentLength"])
+
+    def open_read(self, uri: str) -> IO[bytes]:
+        import smart_open  # here, like boto3: commands that read no S3 object start faster
+
+        with self._errors(uri):
+            return smart_open.open(uri, "rb", transport_params={"client": client()})
+
+    def _get_range(self, uri: str, version: str, start: int, end: int) -> Any:
+        """Body of bytes [start, end) if the object is still ``version`` (else the file fails); None past its end."""
+        bucket, key = split_s3(uri)
+        if not version.startswith("etag:"):
+            raise InputError(f"{uri}: version {version!r} is not an S3 ETag")
+        match = '"' + version.removeprefix("etag:") + '"'
+        try:
+            return client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", IfMatch=match)["Body"]
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code == "InvalidRange":
+                return None
+            if code in {"PreconditionFailed", "412"}:
+                raise changed(uri) from e
+            raise _client_error(uri, e) from e
+        except Exception as e:
+            raise (translate(uri, e) or e) from e
+
+    def open_range(self, uri: str, version: str, start: int, end: int) -> IO[bytes]:
+        body = self._get_range(uri, version, start, end)
+        return Bounded(body if body is not None else io.BytesIO(), end - start)  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def write_atomic(self, uri: str, metadata: dict[str, str] | None = None) -> Iterator[IO[bytes]]:
+        # A multipart upload completed on success and aborted on error.
+        import smart_open
+
+        params: dict[str, Any] = {"client": client(), "min_part_size": S3_PART_SIZE}
+        if metadata:
+            params["client_kwargs"] = {"S3.Client.create_multipart_upload": {"Metadata": metadata}}
+        in_body = False  # an error of the caller's (reading its input, say) is not about this output
+        try:
+            with smart_open.open(uri, "wb", transport_params=params) as out:
+                in_body = True
+                yield out
+                in_body = False
+        except VeloError:
+            raise
+        except Exception as e:
+            found = None if in_body else translate(uri, e)
+            if found is None:
+                raise
+            raise found from e
+
+    def read_json(self, uri: str) -> dict[str, Any] | None:
+        bucket, key = split_s3(uri)
+        try:
+            body = client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            obj = json.loads(body)
+        except (OSError, ValueError, botocore.exceptions.ClientError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def read_lineage(self, output_uri: str) -> dict[str, str] | None:
+        meta = self._head(output_uri)
+        return None if meta is None else dict(meta.get("Metadata", {}))
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        with self._errors(uri):
+            client().delete_object(Bucket=bucket, Key=key)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        bucket, key = split_s3(prefix)
+        found: dict[str, int] = {}
+        with self._errors(prefix):
+            for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                found.update((f"s3://{bucket}/{o['Key']}", o["Size"]) for o in page.get("Contents", []))
+        return found
+
+    def delete_prefix(self, prefix: str) -> None:
+        bucket, _ = split_s3(prefix)
+        keys = [split_s3(uri)[1] for uri in self.list_sizes(prefix)]
+        with self._errors(prefix):
+            for i in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
+                batch = [{"Key": k} for k in keys[i : i + 1000]]
+                client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+
+    def compose(self, uri: str, parts: list[tuple[str, int]], metadata: dict[str, str]) -> None:
+        bucket, key = split_s3(uri)
+        with self._errors(uri):
+            upload = client().create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)["UploadId"]
+        try:
+            done: list[dict[str, Any]] = []
+            for part, size in parts:
+                source = dict(zip(("Bucket", "Key"), split_s3(part), strict=True))
+                pieces = -(-size // S3_MAX_PART)
+                for i in range(pieces):
+                    lo, hi = size * i // pieces, size * (i + 1) // pieces
+                    ranged = {"CopySourceRange": f"bytes={lo}-{hi - 1}"} if pieces > 1 else {}
+                    number = len(done) + 1
+                    with self._errors(part):
+                        result = client().upload_part_copy(
+                            Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, CopySource=source, **ranged
+                        )
+                    done.append({"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]})
+            with self._errors(uri):
+                client().complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done}
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            raise
