@@ -25,7 +25,7 @@ from dispatcher import status as status_mod
 from dispatcher.enqueue import JOB_TIMEOUT, add_files, cancel, create_batch, mark_already_queued, retry_failed
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
 from dispatcher.sharding import parse_size
-from velosiped import logs, storage
+from velosiped import logs, settings, storage
 from velosiped.connection import connect, describe_connection, embedded, state_dir
 from velosiped.errors import (
     EXIT_FILES_FAILED,
@@ -40,7 +40,7 @@ from velosiped.models import version_of
 
 __all__ = ["main"]
 
-SHARD_SIZE_ENV = "VELO_SHARD_SIZE"
+SHARD_SIZE_ENV = settings.SHARD_SIZE.env
 
 HELP_EPILOG = """\b
 Examples:
@@ -144,7 +144,9 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--dry-run", is_flag=True, help=dry_run_help),
             click.option("--model-sha256", default=None, help="Pin the model's SHA-256 digest."),
             click.option("--timeout", default=JOB_TIMEOUT, show_default=True, type=int, help=timeout_help),
-            click.option("--shard-size", envvar=SHARD_SIZE_ENV, default="1GB", help=shard_size_help),
+            click.option(
+                "--shard-size", envvar=SHARD_SIZE_ENV, default=settings.SHARD_SIZE.default, help=shard_size_help
+            ),
         ]
     ):
         f = opt(f)
@@ -485,10 +487,14 @@ def print_summary(b: dict[str, Any], skipped: int, seconds: float) -> None:
 @click.option("--processes", type=int, default=1, show_default=True, help="Worker processes on this machine.")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 @click.option("--model", "preload", default=None, help=preload_help)
-@click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="VELO_METRICS_PORT", help=metrics_port_help)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), envvar=settings.METRICS_PORT.env, help=metrics_port_help)
 @click.option("--metrics-addr", default="0.0.0.0", show_default=True, help=metrics_addr_help)
 @click.option(
-    "--log-format", type=click.Choice(logs.FORMATS), default="text", envvar="VELO_LOG_FORMAT", help=log_format_help
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default=settings.LOG_FORMAT.default,
+    envvar=settings.LOG_FORMAT.env,
+    help=log_format_help,
 )
 @redis_option
 @handle_errors

@@ -24,6 +24,10 @@ __all__ = [
     "MODEL_CACHE",
     "MODEL_PREFIXES",
     "REDIS_GIVE_UP",
+    "S3_BACKOFF",
+    "S3_BACKOFF_MAX",
+    "S3_READ_TIMEOUT",
+    "S3_RETRIES",
     "SHARD_SIZE",
     "STATE_DIR",
     "THREADS",
@@ -71,6 +75,13 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
         return value
 
     return parse
+
+
+def _not_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
 
 
 def _prefixes(raw: str) -> tuple[str, ...]:
@@ -149,6 +160,30 @@ METRICS_PORT: Setting[str] = Setting("VELO_METRICS_PORT", "", str, "the port of 
 
 LOG_FORMAT: Setting[str] = Setting("VELO_LOG_FORMAT", "text", str, "text or json")
 """`velo worker --log-format`: readable ``text`` lines, or one ``json`` object per line."""
+
+# ------------------------------------------------------------------------------ storage trouble
+
+S3_RETRIES: Setting[int] = Setting(
+    "VELO_S3_RETRIES", 3, _not_negative, "times a file is tried again after transient storage trouble"
+)
+"""Times a file is tried again after transient storage trouble (default 3: four attempts in all);
+only then is it recorded as failed, and the next dispatch tries it again."""
+
+S3_BACKOFF: Setting[float] = Setting(
+    "VELO_S3_BACKOFF", 2.0, _positive(float), "seconds before the first retry after storage trouble"
+)
+"""Seconds before the first retry (default 2); each next one waits twice as long, with jitter."""
+
+S3_BACKOFF_MAX: Setting[float] = Setting(
+    "VELO_S3_BACKOFF_MAX", 60.0, _positive(float), "longest pause between two attempts, in seconds"
+)
+"""Longest pause between two attempts at a file, in seconds (default 60)."""
+
+S3_READ_TIMEOUT: Setting[float] = Setting(
+    "VELO_S3_READ_TIMEOUT", 60.0, _positive(float), "seconds the S3 client waits for a response"
+)
+"""Seconds the S3 client waits for a response (or the next bytes of one) before giving up on it
+(default 60, botocore's); the attempt then counts as failed and is retried."""
 
 # -------------------------------------------------------------------------------------- dispatching
 

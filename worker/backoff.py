@@ -10,25 +10,20 @@ counts against the job's time limit, which bounds it.
 
 from __future__ import annotations
 
-import os
 import random
+
+from velosiped import settings
 
 __all__ = ["ATTEMPTS_ENV", "BACKOFF_ENV", "BACKOFF_MAX_ENV", "attempts", "compute_backoff"]
 
-ATTEMPTS_ENV = "VELO_S3_RETRIES"
-"""Times a file is tried again after transient storage trouble (default 3: four attempts in all);
-only then is it recorded as failed, and the next dispatch tries it again."""
-
-BACKOFF_ENV = "VELO_S3_BACKOFF"
-"""Seconds before the first retry (default 2); each next one waits twice as long, with jitter."""
-
-BACKOFF_MAX_ENV = "VELO_S3_BACKOFF_MAX"
-"""Longest pause between two attempts, in seconds (default 60)."""
+ATTEMPTS_ENV = settings.S3_RETRIES.env
+BACKOFF_ENV = settings.S3_BACKOFF.env
+BACKOFF_MAX_ENV = settings.S3_BACKOFF_MAX.env
 
 
 def attempts() -> int:
     """Attempts a file gets in one job: the first, plus ``VELO_S3_RETRIES``."""
-    return 1 + max(0, int(os.environ.get(ATTEMPTS_ENV) or 3))
+    return 1 + settings.S3_RETRIES.get()
 
 
 def compute_backoff(retry: int, *, rng: random.Random | None = None) -> float:
@@ -37,7 +32,7 @@ def compute_backoff(retry: int, *, rng: random.Random | None = None) -> float:
     As dramatiq's ``compute_backoff``: ``base * 2**(retry-1)`` capped at the maximum, then half
     of it fixed and half random, so workers hit by the same outage do not come back in step.
     """
-    base = float(os.environ.get(BACKOFF_ENV) or 2.0)
-    cap = float(os.environ.get(BACKOFF_MAX_ENV) or 60.0)
+    base = settings.S3_BACKOFF.get()
+    cap = settings.S3_BACKOFF_MAX.get()
     backoff = min(base * 2 ** (retry - 1), cap)
     return backoff / 2 + (rng or random).uniform(0, backoff / 2)

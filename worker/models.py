@@ -18,7 +18,7 @@ from typing import Any
 import botocore.exceptions
 from threadpoolctl import threadpool_limits
 
-from velosiped import storage
+from velosiped import settings, storage
 from velosiped.access import MODEL_PREFIXES_ENV, check_prefix
 from velosiped.errors import InputError, VeloError
 from velosiped.models import sha256_file
@@ -28,7 +28,7 @@ __all__ = ["load", "loads"]
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "VELO_MODEL_CACHE"
+CACHE_DIR_ENV = settings.MODEL_CACHE.env
 """Where S3 models are downloaded before loading (default: ``~/.cache/velosiped/models``)."""
 
 CACHE_SIZE = 2
@@ -39,14 +39,14 @@ loads = 0
 """How many times this process unpickled a model (the cache is meant to keep it at one per version)."""
 
 
-THREADS_ENV = "VELO_THREADS"
+THREADS_ENV = settings.THREADS.env
 """Threads each worker process lets a model's BLAS/OpenMP use (set by `--processes`: cores / processes)."""
 
 
 def limit_threads() -> None:
     """Cap the model libraries' thread pools at ``VELO_THREADS``, so N worker processes on N cores
     do not run N x N threads (HistGradientBoosting's OpenMP would by default)."""
-    threads = os.environ.get(THREADS_ENV)
+    threads = settings.THREADS.get()
     if threads:
         threadpool_limits(int(threads))
 
@@ -77,7 +77,7 @@ def _local_copy(uri: str, version: str) -> str:
     """A local path holding the model's bytes (S3 models are downloaded once per version)."""
     if not storage.is_s3(uri):
         return uri
-    folder = os.environ.get(CACHE_DIR_ENV) or os.path.expanduser("~/.cache/velosiped/models")
+    folder = settings.MODEL_CACHE.get()
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, hashlib.sha256(f"{uri}\0{version}".encode()).hexdigest() + ".joblib")
     if not os.path.exists(path):

@@ -23,15 +23,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from velosiped import storage
+from velosiped import settings, storage
 from velosiped.errors import InputError, TransientError
 from velosiped.storage import MAX_HEADER
 
 __all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "is_parquet", "score_stream"]
 
-BLOCK_SIZE = int(os.environ.get("VELO_BLOCK_SIZE") or 2 * 1024 * 1024)
-"""Bytes of CSV parsed per block (env VELO_BLOCK_SIZE); a row must fit in one. Measured on 20 float
-columns: 2 MiB blocks are the fastest and add ~130 MB to a worker; 8 MiB ones add ~450 MB."""
+BLOCK_SIZE = settings.BLOCK_SIZE.default
+"""The default bytes of CSV parsed per block (``settings.BLOCK_SIZE``, env VELO_BLOCK_SIZE)."""
 
 PARQUET_BATCH_ROWS = 65_536
 """Rows read from a Parquet file at a time."""
@@ -271,7 +270,7 @@ def score_stream(
     features: Sequence[str] | None = None,
     dialect: Dialect = Dialect(),
     parquet: bool = False,
-    block_size: int = BLOCK_SIZE,
+    block_size: int | None = None,
     write_header: bool = True,
 ) -> int:
     """Score the CSV (or Parquet) file in ``src`` into ``dst``; returns the number of rows.
@@ -283,7 +282,11 @@ def score_stream(
         InputError: the file is not one the model can score; the message names ``name``.
     """
     try:
-        header, blocks, schema = _parquet_blocks(src, name) if parquet else _csv_blocks(src, name, dialect, block_size)
+        header, blocks, schema = (
+            _parquet_blocks(src, name)
+            if parquet
+            else _csv_blocks(src, name, dialect, block_size or settings.BLOCK_SIZE.get())
+        )
         spec = FeatureSpec(model, header, name, features)
         kept = _kept(header, keep, name)
         classes = _classes(model, proba, name)

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from velosiped import settings
 from velosiped.errors import InputError, StorageError, TransientError, VeloError
 from velosiped.storage.base import Bounded, ObjectInfo, causes, changed
 
@@ -37,9 +38,7 @@ S3_MIN_PART = 5 * 1024 * 1024
 S3_MAX_PART = 5 * 1024 * 1024 * 1024
 """S3's largest part, and largest UploadPartCopy source range."""
 
-READ_TIMEOUT_ENV = "VELO_S3_READ_TIMEOUT"
-"""Seconds the S3 client waits for a response (or the next bytes of one) before giving up on it
-(default 60, botocore's); the attempt then counts as failed and is retried."""
+READ_TIMEOUT_ENV = settings.S3_READ_TIMEOUT.env
 
 _TRANSIENT_CODES = {
     "500",
@@ -83,7 +82,7 @@ def client() -> S3Client:
     # smart_open would sleep 10 s x 6 on a connection error before multipart uploads, then raise
     # an OSError that names no cause: let the error through, the worker retries the file.
     smart_open.s3.RETRY.exceptions = []
-    timeout = float(os.environ.get(READ_TIMEOUT_ENV) or 60)
+    timeout = settings.S3_READ_TIMEOUT.get()
     attempts = os.environ.get("AWS_MAX_ATTEMPTS")
     retries = {"total_max_attempts": int(attempts)} if attempts else {"max_attempts": 5}
     config = botocore.config.Config(
