@@ -26,6 +26,7 @@ __all__ = [
     "params_key",
     "payload_params",
     "shard_group",
+    "shard_of",
     "validate",
 ]
 
@@ -177,8 +178,17 @@ PARTS_SUFFIX = ".velo-parts"
 """``<output>.velo-parts/<group>/<index>.part``: where shard outputs wait to be assembled."""
 
 
+def shard_of(p: Payload) -> Shard:
+    """The shard a payload names; only for payloads that name one."""
+    shard = p.get("shard")
+    if shard is None:
+        raise ValueError(f"{p['input']}: the payload names no shard")
+    return shard
+
+
 def shard_group(p: Payload) -> str:
     """The same for every shard of one plan of one file version, model, output and options."""
     whole: Any = {k: v for k, v in p.items() if k != "shard"}
-    count = p["shard"]["count"] if p.get("shard") else 1
+    shard = p.get("shard")
+    count = shard["count"] if shard else 1
     return hashlib.sha256(f"{job_id(whole)}\0{count}".encode()).hexdigest()[:24]

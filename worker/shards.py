@@ -24,8 +24,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from velosiped import keys, lua, storage
+from velosiped.connection import as_text
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
-from velosiped.jobs import PARTS_SUFFIX, Payload, error_uri, lineage, shard_group
+from velosiped.jobs import PARTS_SUFFIX, Payload, error_uri, lineage, shard_group, shard_of
 from velosiped.state import FileState, set_state
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def _part(p: Payload, index: int) -> str:
 
 def name_of(p: Payload) -> str:
     """How errors name a shard: the file, which shard, which bytes."""
-    s = p["shard"]
+    s = shard_of(p)
     return f"{p['input']} (shard {s['index'] + 1} of {s['count']}, bytes {s['start']}-{s['end']})"
 
 
@@ -101,7 +102,7 @@ class _Chain:
 def _score_part(p: Payload, model: Any) -> int:
     from worker.scoring import Dialect, score_stream
 
-    s, name = p["shard"], name_of(p)
+    s, name = shard_of(p), name_of(p)
     header = storage.read_line(p["input"], p["input_version"], 0, storage.MAX_HEADER)
     if not header.endswith(b"\n"):
         raise InputError(f"{name}: no header line within {storage.MAX_HEADER >> 20} MiB; {SPLIT_HINT}")
@@ -133,7 +134,7 @@ def _score_part(p: Payload, model: Any) -> int:
 
 def _record(redis: Redis, p: Payload, rows: int) -> str:
     """Add this shard's rows; 'assemble' when it completed the set, else 'wait', 'failed' or 'assembled'."""
-    s = p["shard"]
+    s = shard_of(p)
     args = [s["index"], rows, s["count"], STATE_TTL]
     verdict = lua.script(redis, "shard_record.lua")(keys=[keys.shards(shard_group(p))], args=args)
     return verdict.decode() if isinstance(verdict, bytes) else str(verdict)
@@ -144,16 +145,16 @@ def _outcome(redis: Redis, p: Payload, outcome: str, value: str | int) -> bool:
     return bool(script(keys=[keys.shards(shard_group(p))], args=[outcome, value, STATE_TTL]))
 
 
-def score(p: Payload, model: Any, redis: Redis | None) -> tuple[int, int | None]:
+def score(p: Payload, model: Any, redis: Redis) -> tuple[int, int | None]:
     """Score one shard into its part; the job that completes the set assembles the file.
 
     Returns the shard's rows, and the file's when this job assembled it (else None).
     """
-    if redis is None:
-        raise ConfigError(f"{name_of(p)}: a shard job runs only under a worker (it needs Redis)")
     state = keys.shards(shard_group(p))
     with redis.pipeline() as pipe:  # when the file's first shard started: the file's wall time
-        pipe.hsetnx(state, "started", f"{time.time():.3f}").expire(state, STATE_TTL).execute()
+        pipe.hsetnx(state, "started", f"{time.time():.3f}")
+        pipe.expire(state, STATE_TTL)
+        pipe.execute()
     rows = _score_part(p, model)
     verdict = _record(redis, p, rows)
     if verdict == "assemble":
@@ -190,7 +191,7 @@ def _write(output: str, parts: list[tuple[str, int]], meta: dict[str, str]) -> N
 
 def _assemble(redis: Redis, p: Payload) -> int | None:
     """Write the output from the parts, in order; the file's rows, or None if another job settled it."""
-    count = p["shard"]["count"]
+    count = shard_of(p)["count"]
     try:
         sizes = storage.list_sizes(_parts(p))
         parts = [(_part(p, i), sizes.get(_part(p, i), -1)) for i in range(count)]
@@ -237,18 +238,18 @@ def settle(redis: Redis, p: Payload) -> bool:
         _finish(redis, p, int(assembled))
         return True
     if failed is not None:
-        set_state(redis, p["batch"], p["input"], FileState.FAILED, error=failed.decode())
+        set_state(redis, p["batch"], p["input"], FileState.FAILED, error=as_text(failed))
         _clean(p)
         return True
     return False
 
 
-def fail(redis: Redis | None, p: Payload, reason: str) -> bool:
+def fail(redis: Redis, p: Payload, reason: str) -> bool:
     """Fail the file of this shard (its other shards stop at their end) and remove its parts.
 
     False when the file was assembled already: a late re-run's failure does not undo it.
     """
-    if redis is not None and not _outcome(redis, p, "failed", reason):
+    if not _outcome(redis, p, "failed", reason):
         return False
     _clean(p)
     return True

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from redis import Redis
 from redis import exceptions as redis_errors
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
@@ -17,13 +18,13 @@ from rq.timeouts import JobTimeoutException
 from velosiped import keys, payloads, storage
 from velosiped.access import MODEL_PREFIXES_ENV, check_path
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
-from velosiped.jobs import Payload, error_uri, lineage, payload_params, validate
+from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
 from velosiped.state import FileState, set_state
 from velosiped.storage.base import causes
 from worker import backoff, metrics, models, shards
 from worker.scoring import Dialect, is_parquet, score_stream
 
-__all__ = ["on_job_failure", "score", "score_file"]
+__all__ = ["on_job_failure", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +38,23 @@ def score() -> dict[str, Any]:
     if p is None:  # an earlier run of this job recorded the file's outcome and dropped the payload
         log.info("job %s: its file's outcome is recorded already; nothing to do", job.id)
         return {"rows": 0, "settled": True}
-    result = score_file(p)
+    result = _score_payload(p, job)
     payloads.drop(job.connection, job.id)  # the outcome is recorded: done, failed or settled
     return result
 
 
-def score_file(payload: dict[str, Any]) -> dict[str, Any]:
-    """Score one file as the payload says (see :mod:`velosiped.jobs`).
+def _score_payload(p: Payload, job: Job) -> dict[str, Any]:
+    """Score one file (or shard) as its payload says (see :mod:`velosiped.jobs`), checked by the worker.
 
     Bad input fails the file once (error recorded, job finished); after transient storage
     trouble the file is tried again with backoff (:mod:`worker.backoff`), and recorded as
     failed only when every attempt failed.
     """
-    job = get_current_job()
-    redis = job.connection if job else None
-    p = validate(payload)
-    if p.get("shard") and redis is not None and shards.settle(redis, p):
+    redis = job.connection
+    if p.get("shard") and shards.settle(redis, p):
         log.info("%s: its file is settled already; nothing to do", shards.name_of(p))
         return {"rows": 0, "settled": True}
-    if redis is not None:
-        set_state(redis, p["batch"], p["input"], FileState.RUNNING)
+    set_state(redis, p["batch"], p["input"], FileState.RUNNING)
     started = time.perf_counter()
     try:
         rows, total = _score(p, job, started)
@@ -65,7 +63,7 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
         metrics.file_failed("transient")
         return _fail(p, str(e), redis, "transient")
     except JobTimeoutException:
-        limit = job.timeout if job is not None else "?"
+        limit = job.timeout
         reason = f"{p['input']}: stopped at the time limit of {limit} s; raise --timeout"
         log.error("%s", reason, extra=_fields(p, job, started))
         metrics.file_failed("timeout")
@@ -82,8 +80,7 @@ def score_file(payload: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     if p.get("shard"):
         return _shard_scored(p, job, redis, rows, total, started)
-    if redis is not None:
-        set_state(redis, p["batch"], p["input"], FileState.DONE, rows=rows)
+    set_state(redis, p["batch"], p["input"], FileState.DONE, rows=rows)
     log.info(
         "%6.2fs ← %s %d rows %.0f rows/s",
         seconds,
@@ -129,14 +126,14 @@ def _check_paths(p: Payload) -> None:
     check_path(p["model"], MODEL_PREFIXES_ENV)
 
 
-def _score(p: Payload, job: Job | None, started: float) -> tuple[int, int | None]:
+def _score(p: Payload, job: Job, started: float) -> tuple[int, int | None]:
     """Score the file or shard the payload names: (rows scored now, the file's rows once it is complete).
 
     Transient trouble (S3, the network, Redis) anywhere in it, the model's download included,
     gets the file tried again after a backoff; the last attempt's raises, naming the count.
     """
     _check_paths(p)
-    redis = job.connection if job is not None else None
+    redis = job.connection
     tries = backoff.attempts()
     for attempt in range(1, tries + 1):
         try:
@@ -157,7 +154,7 @@ def _score(p: Payload, job: Job | None, started: float) -> tuple[int, int | None
     raise AssertionError("unreachable")
 
 
-def _score_once(p: Payload, redis: Any) -> tuple[int, int | None]:
+def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
     """One attempt: every storage library's error is Velosiped's on the way out (see ``_classify``)."""
     try:
         model = models.load(p["model"], p["model_version"], p["model_sha256"])
@@ -211,30 +208,30 @@ def _score_whole(p: Payload, model: Any) -> int:
         )
 
 
-def _shard_scored(p: Payload, job: Job | None, redis: Any, rows: int, total: int | None, started: float) -> dict:
+def _shard_scored(p: Payload, job: Job, redis: Redis, rows: int, total: int | None, started: float) -> dict[str, Any]:
     """Log and count one shard; the file itself counts once, when this shard's job assembled it."""
     seconds = time.perf_counter() - started
     name = shards.name_of(p)
-    fields = _fields(p, job, started, rows=rows, seconds=round(seconds, 3), shard=p["shard"]["index"])
+    fields = _fields(p, job, started, rows=rows, seconds=round(seconds, 3), shard=shard_of(p)["index"])
     log.info("%6.2fs ← %s %d rows %.0f rows/s", seconds, name, rows, rows / max(seconds, 1e-9), extra=fields)
     file_seconds = shards.file_seconds(redis, p) if total is not None else None
     if total is not None:
-        count = p["shard"]["count"]
+        count = shard_of(p)["count"]
         log.info("assembled %s from %d shards: %d rows", p["output"], count, total, extra={**fields, "rows": total})
     metrics.shard_done(rows, file_seconds)
     return {"rows": rows, "seconds": round(seconds, 3), "file_rows": total}
 
 
-def _fields(p: Payload, job: Job | None, started: float, **more: Any) -> dict[str, Any]:
+def _fields(p: Payload, job: Job, started: float, **more: Any) -> dict[str, Any]:
     """The fields of a per-file log line (``velo worker --log-format json`` prints them)."""
     seconds = round(time.perf_counter() - started, 3)
-    return {"batch": p["batch"], "file": p["input"], "job_id": job.id if job else None, "seconds": seconds, **more}
+    return {"batch": p["batch"], "file": p["input"], "job_id": job.id, "seconds": seconds, **more}
 
 
-def _fail(p: Payload, reason: str, redis: Any, kind: str) -> dict[str, Any]:
+def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
     """Record the file's failure; ``kind`` (see :data:`velosiped.jobs.FAILED_FOR_GOOD`) tells the
     next dispatch whether to try it again."""
-    if p.get("shard") and redis is not None and shards.settle(redis, p):
+    if p.get("shard") and shards.settle(redis, p):
         # Its file failed (or was assembled) meanwhile, e.g. another shard's bad row removed the
         # parts this one was writing: the file's first reason stands, this one is a consequence.
         log.info("%s; its file is settled already, its first outcome stands", reason)
@@ -259,7 +256,6 @@ def _fail(p: Payload, reason: str, redis: Any, kind: str) -> dict[str, Any]:
         storage.write_json(error_uri(p["output"]), record)
     except Exception as e:  # the reason still reaches `velo status`
         log.warning("%s: cannot write error file: %s", p["input"], e)
-    if redis is not None:
-        set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason)
-        redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))  # for `velo retry`
+    set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason)
+    redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))  # for `velo retry`
     return {"error": reason}
