@@ -63,6 +63,7 @@ bench: $(VENV)/.bench  ## Benchmarks, about 13 min on 2 cores from a fresh clone
 	echo "make bench: $$(( $$(date +%s) - start )) s in all (bench/data/ keeps ~9 GB of generated data for next time)"
 
 .PHONY: lint
-lint: $(BIN)/velo  ## ruff check and format check
+lint: $(BIN)/velo  ## ruff check and format check, mypy (strict on velosiped/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy

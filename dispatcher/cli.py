@@ -22,7 +22,15 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher import status as status_mod
-from dispatcher.enqueue import JOB_TIMEOUT, add_files, cancel, create_batch, mark_already_queued, retry_failed
+from dispatcher.enqueue import (
+    JOB_TIMEOUT,
+    Batch,
+    add_files,
+    cancel,
+    create_batch,
+    mark_already_queued,
+    retry_failed,
+)
 from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
 from dispatcher.sharding import parse_size
 from velosiped import logs, settings, storage
@@ -238,7 +246,7 @@ def do_dispatch(
     dry_run: bool,
     timeout: int,
     created: list[str] | None = None,
-):
+) -> Batch | None:
     """Plan and enqueue; in a dry run print each file's fate and return None.
 
     ``created`` gets the batch's id as soon as it exists, before its files are enqueued (for
@@ -283,7 +291,7 @@ def cli() -> None:
 @click.option("--wait", is_flag=True, help=wait_help)
 @redis_option
 @handle_errors
-def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run: bool, timeout: int, **kw: Any):
+def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run: bool, timeout: int, **kw: Any) -> int:
     """List SOURCE and enqueue one job per file that needs scoring."""
     source = storage.normalize(source)
     opts = make_options(**kw)
@@ -315,7 +323,7 @@ def run(
     dry_run: bool,
     timeout: int,
     **kw: Any,
-):
+) -> int:
     """One machine, one command: plan, enqueue, start local workers, wait, print a summary.
 
     Without --redis or REDIS_URL it uses an embedded Redis kept under VELO_STATE_DIR.
@@ -347,6 +355,7 @@ def run(
     try:
         with local_workers(url, opts, queue, workers or os.cpu_count() or 1, log_path, s3=s3) as procs:
             batch = do_dispatch(conn, queue, source, opts, dry_run, timeout, created)
+            assert batch is not None  # not a dry run
             alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
             if batch.enqueued:
                 status_mod.wait(conn, batch.id, err_console, alive=alive)
@@ -391,7 +400,7 @@ def watch(
     dry_run: bool,
     timeout: int,
     **kw: Any,
-) -> None:
+) -> int:
     """Keep dispatching: files dropped into SOURCE are enqueued within --interval seconds, each once.
 
     Runs until Ctrl-C (exit 130); the files it enqueued go on in the workers.
@@ -507,7 +516,7 @@ def worker(
     metrics_port: int | None,
     metrics_addr: str,
     log_format: str,
-) -> None:
+) -> int:
     """Pull and run jobs until stopped. SIGTERM finishes the file in hand, then exits 0; Ctrl-C
     does the same and exits 130."""
     from worker import metrics, models
@@ -542,7 +551,7 @@ def status(
     follow: bool,
     interval: float,
     count: int | None,
-) -> None:
+) -> int:
     """Per batch: queued, running, done, failed, rows, rows/s, ETA; each failed file with its reason; the workers."""
     conn, _ = open_redis(redis_url, embedded_ok=True)
 
@@ -586,7 +595,7 @@ def no_batch_here(conn: redis.Redis, redis_url: str | None) -> str:
 @click.argument("batch")
 @redis_option
 @handle_errors
-def retry(batch: str, redis_url: str | None, queue: str) -> None:
+def retry(batch: str, redis_url: str | None, queue: str) -> int:
     """Enqueue the batch's failed files again (after you fixed them)."""
     conn, _ = open_redis(redis_url, embedded_ok=True)
     if status_mod.describe(conn, batch, with_failures=False) is None:
@@ -595,6 +604,7 @@ def retry(batch: str, redis_url: str | None, queue: str) -> None:
     for file in gone:
         err_console.print(f"velo: {file}: no longer exists; not retried", markup=False)
     click.echo(f"batch {batch}: {count} enqueued again")
+    return EXIT_OK
 
 
 def main() -> None:

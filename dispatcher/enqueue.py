@@ -14,6 +14,7 @@ from rq.job import Job, JobStatus
 
 from dispatcher import sharding
 from velosiped import keys, lua, payloads, storage
+from velosiped.connection import as_text
 from velosiped.errors import InputError
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, shard_group
 from velosiped.rqapi import make_queue, queued_job_fields
@@ -255,7 +256,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
 
     A big file is split again from its current size, with the batch's shard size.
     """
-    failed = [f.decode() for f in redis.hkeys(keys.batch_errors(batch_id))]
+    failed = [as_text(f) for f in redis.hkeys(keys.batch_errors(batch_id))]
     queue, shard_size = redis.hmget(keys.batch(batch_id), ["queue", "shard_size"])
     gone: list[str] = []
     by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)
@@ -270,7 +271,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
         payload["input_version"] = info.version  # the user may have fixed the file
         group = sharding.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
         by_options.setdefault(payloads.pack_options(payload)[0], []).append(group)
-    name = queue.decode() if queue else "velo"
+    name = as_text(queue) if queue else "velo"
     chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
     count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
     return count, gone
@@ -296,8 +297,8 @@ def cancel(redis: Redis, queue: str, batch_ids: set[str], reason: str) -> int:
     if not batch_ids:
         return 0
     q = make_queue(redis, queue)
-    started = [e.decode() for e in redis.zrange(q.started_job_registry.key, 0, -1)]
-    ids = [j.decode() for j in redis.lrange(q.key, 0, -1)] + [e.split(":")[0] for e in started]
+    started = [as_text(e) for e in redis.zrange(q.started_job_registry.key, 0, -1)]
+    ids = [as_text(j) for j in redis.lrange(q.key, 0, -1)] + [e.split(":")[0] for e in started]
     files: dict[str, Payload] = {}
     for jid in dict.fromkeys(ids):
         try:

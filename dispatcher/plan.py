@@ -93,9 +93,9 @@ def plan(
     """
     everything = list(storage.list_files(source, ("*",), start_after=start_after))
     existing = {i.uri for i in everything}
-    has_output = opts.output is not None and (storage.is_s3(opts.output) or os.path.isdir(opts.output))
-    if has_output and start_after is None:
-        existing |= {i.uri for i in storage.list_files(opts.output, ("*",))}
+    output = opts.output
+    if output is not None and start_after is None and (storage.is_s3(output) or os.path.isdir(output)):
+        existing |= {i.uri for i in storage.list_files(output, ("*",))}
     out_prefix = opts.output.rstrip("/") + "/" if opts.output else None
     for info in everything:
         if known is not None and known(info):

@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from velosiped import keys, payloads, settings
-from velosiped.connection import describe_connection, fail_fast
+from velosiped.connection import as_text, describe_connection, fail_fast
 from velosiped.errors import ConfigError
 from velosiped.rqapi import make_queue
 from velosiped.state import counters
@@ -31,7 +31,7 @@ __all__ = ["batch_ids", "describe", "render", "view", "wait", "watch", "workers"
 
 def batch_ids(redis: Redis, limit: int = 20) -> list[str]:
     """The newest batches first."""
-    return [b.decode() for b in redis.zrevrange(keys.BATCHES, 0, limit - 1)]
+    return [as_text(b) for b in redis.zrevrange(keys.BATCHES, 0, limit - 1)]
 
 
 def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[str, Any] | None:
@@ -67,7 +67,7 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[st
     }
     if with_failures:
         errors = redis.hgetall(keys.batch_errors(batch_id))
-        out["failures"] = [{"file": f.decode(), "error": e.decode()} for f, e in sorted(errors.items())]
+        out["failures"] = [{"file": as_text(f), "error": as_text(e)} for f, e in sorted(errors.items())]
     return out
 
 

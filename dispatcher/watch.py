@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from dispatcher.enqueue import JOB_TIMEOUT, add_files, create_batch
 from dispatcher.plan import Options, plan
 from velosiped import keys, storage
+from velosiped.connection import as_text
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -48,7 +49,7 @@ def watch(
         started = time.monotonic()
         incremental = storage.is_s3(source) and tick % full_every != 0
         cursor = redis.get(cursor_key) if incremental else None
-        start_after = cursor.decode() if cursor else None
+        start_after = as_text(cursor) if cursor else None
         planned = list(plan(source, opts, start_after=start_after, known=lambda i: seen.get(i.uri) == i.version))
         added = add_files(redis, queue, batch, opts, planned, timeout)
         seen.update((p.info.uri, p.info.version) for p in planned)

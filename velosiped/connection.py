@@ -20,7 +20,21 @@ from redis.retry import Retry
 from velosiped import settings
 from velosiped.errors import ConfigError, redact
 
-__all__ = ["connect", "describe_connection", "embedded", "fail_fast", "redis_client", "state_dir", "watch_redis"]
+__all__ = [
+    "as_text",
+    "connect",
+    "describe_connection",
+    "embedded",
+    "fail_fast",
+    "redis_client",
+    "state_dir",
+    "watch_redis",
+]
+
+
+def as_text(value: Any) -> str:
+    """A value read from Redis as text: clients here return bytes (no ``decode_responses``)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def state_dir() -> str:

@@ -55,7 +55,7 @@ def _compact(obj: Any) -> str:
 
 def pack_options(p: Payload) -> tuple[str, str]:
     """(digest, JSON) of what the payload shares with every file of its batch."""
-    options = _compact({k: p[k] for k in OPTION_FIELDS})
+    options = _compact({k: v for k, v in p.items() if k in OPTION_FIELDS})
     return _digest(options.encode()), options
 
 
@@ -106,7 +106,7 @@ def load(redis: Redis, job_id: str) -> Payload | None:
         raw = redis.get(keys.options(digest))
         if raw is None:
             raise InputError(f"job payload: its options {digest} are not in Redis")
-        if _digest(raw) != digest:
+        if _digest(raw if isinstance(raw, bytes) else raw.encode()) != digest:
             raise InputError(f"job payload: its options do not match their digest {digest}")
         try:
             _options[digest] = json.loads(raw)

@@ -51,5 +51,5 @@ def queued_job_fields(queue: Queue, job: Job) -> list[Any]:
     missing field as it reads '' (``Job.restore``: ``if obj.get(...)``), ~100 bytes a job saved.
     """
     queue._prepare_for_queue(job)
-    args = _build_hset_args(job)
+    args = _build_hset_args(job)  # type: ignore[no-untyped-call]  # RQ's private helper has no hints
     return [x for pair in zip(args[::2], args[1::2], strict=True) if pair[1] != "" for x in pair]

@@ -82,9 +82,12 @@ def _local_copy(uri: str, version: str) -> str:
     path = os.path.join(folder, hashlib.sha256(f"{uri}\0{version}".encode()).hexdigest() + ".joblib")
     if not os.path.exists(path):
         bucket, key = storage.split_s3(uri)
-        extra = {"IfMatch": version.removeprefix("etag:")} if version.startswith("etag:") else {}
         try:  # only the version the dispatcher saw: a model replaced since is refused, not mislabelled
-            body = storage.client().get_object(Bucket=bucket, Key=key, **extra)["Body"]
+            if version.startswith("etag:"):
+                got = storage.client().get_object(Bucket=bucket, Key=key, IfMatch=version.removeprefix("etag:"))
+            else:
+                got = storage.client().get_object(Bucket=bucket, Key=key)
+            body = got["Body"]
             with storage.write_atomic(path) as dst:
                 for chunk in body.iter_chunks(1 << 20):  # a dropped or stalled body fails here
                     dst.write(chunk)

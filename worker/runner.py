@@ -163,7 +163,7 @@ class VeloWorker(SimpleWorker):
                     StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty).cleanup()
                 finally:
                     queue.release_maintenance_lock()
-        self.last_cleaned_at = now()
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ declares it None, then sets datetimes
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         # No RQ scheduler process: Velosiped schedules nothing (a dead worker's file is requeued
@@ -219,7 +219,9 @@ def fork_workers(
         storage.preload()
     gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_forked_worker, args=(url, queue, log_path, n, s3), daemon=False) for _ in range(n)]
+    procs: list[multiprocessing.process.BaseProcess] = [
+        ctx.Process(target=_forked_worker, args=(url, queue, log_path, n, s3), daemon=False) for _ in range(n)
+    ]
     for p in procs:
         p.start()
     return procs

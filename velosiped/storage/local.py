@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from velosiped.errors import ConfigError, InputError, VeloError
 from velosiped.storage.base import LINEAGE_SUFFIX, Bounded, ObjectInfo, changed
@@ -54,7 +54,7 @@ class LocalTransport:
     def open_read(self, uri: str) -> IO[bytes]:
         try:
             if uri.endswith(".gz"):
-                return gzip.open(uri, "rb")
+                return cast(IO[bytes], gzip.open(uri, "rb"))
             if uri.endswith(_OTHER_CODECS):
                 import smart_open
 
@@ -83,7 +83,8 @@ class LocalTransport:
         try:
             with open(fd, "wb") as raw:
                 # The gzip header names the output, not the temporary file.
-                out = gzip.GzipFile(filename=name, mode="wb", fileobj=raw) if uri.endswith(".gz") else raw
+                gz = uri.endswith(".gz")
+                out = cast(IO[bytes], gzip.GzipFile(filename=name, mode="wb", fileobj=raw) if gz else raw)
                 with out:
                     yield out
             os.chmod(tmp, 0o644)

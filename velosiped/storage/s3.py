@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import io
 import json
 import os
@@ -25,7 +26,9 @@ from velosiped.errors import InputError, StorageError, TransientError, VeloError
 from velosiped.storage.base import Bounded, ObjectInfo, causes, changed
 
 if TYPE_CHECKING:
+    from botocore.config import _RetryDict
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef, ObjectIdentifierTypeDef
 
 __all__ = ["S3Transport", "client", "split_s3"]
 
@@ -84,9 +87,13 @@ def client() -> S3Client:
     smart_open.s3.RETRY.exceptions = []
     timeout = settings.S3_READ_TIMEOUT.get()
     attempts = os.environ.get("AWS_MAX_ATTEMPTS")
-    retries = {"total_max_attempts": int(attempts)} if attempts else {"max_attempts": 5}
+    retries: _RetryDict = {"mode": "standard"}
+    if attempts:
+        retries["total_max_attempts"] = int(attempts)
+    else:
+        retries["max_attempts"] = 5
     config = botocore.config.Config(
-        retries={"mode": "standard", **retries},  # type: ignore[typeddict-item]
+        retries=retries,
         read_timeout=timeout,
         connect_timeout=min(timeout, 60),
     )
@@ -162,8 +169,11 @@ class S3Transport:
     ) -> Iterator[ObjectInfo]:
         # Paged, 1,000 keys a request: memory stays flat whatever the count.
         bucket, prefix = split_s3(source)
-        after = {"StartAfter": split_s3(start_after)[1]} if start_after else {}
-        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **after)
+        paginator = client().get_paginator("list_objects_v2")
+        if start_after:
+            pages = paginator.paginate(Bucket=bucket, Prefix=prefix, StartAfter=split_s3(start_after)[1])
+        else:
+            pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
         with self._errors(source):
             for page in pages:
                 for obj in page.get("Contents", []):
@@ -268,7 +278,7 @@ class S3Transport:
         keys = [split_s3(uri)[1] for uri in self.list_sizes(prefix)]
         with self._errors(prefix):
             for i in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
-                batch = [{"Key": k} for k in keys[i : i + 1000]]
+                batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[i : i + 1000]]
                 client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
 
     def compose(self, uri: str, parts: list[tuple[str, int]], metadata: dict[str, str]) -> None:
@@ -276,18 +286,24 @@ class S3Transport:
         with self._errors(uri):
             upload = client().create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)["UploadId"]
         try:
-            done: list[dict[str, Any]] = []
+            done: list[CompletedPartTypeDef] = []
             for part, size in parts:
-                source = dict(zip(("Bucket", "Key"), split_s3(part), strict=True))
+                part_bucket, part_key = split_s3(part)
+                source: CopySourceTypeDef = {"Bucket": part_bucket, "Key": part_key}
                 pieces = -(-size // S3_MAX_PART)
                 for i in range(pieces):
                     lo, hi = size * i // pieces, size * (i + 1) // pieces
-                    ranged = {"CopySourceRange": f"bytes={lo}-{hi - 1}"} if pieces > 1 else {}
                     number = len(done) + 1
                     with self._errors(part):
-                        result = client().upload_part_copy(
-                            Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, CopySource=source, **ranged
+                        copy = functools.partial(
+                            client().upload_part_copy,
+                            Bucket=bucket,
+                            Key=key,
+                            UploadId=upload,
+                            PartNumber=number,
+                            CopySource=source,
                         )
+                        result = copy(CopySourceRange=f"bytes={lo}-{hi - 1}") if pieces > 1 else copy()
                     done.append({"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]})
             with self._errors(uri):
                 client().complete_multipart_upload(
