@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import functools
 import gc
 import json
 import logging
@@ -12,18 +10,16 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import redis
-from rich.console import Console
 from rich.table import Table
 
 from dispatcher import status as status_mod
 from dispatcher.enqueue import (
-    JOB_TIMEOUT,
     Batch,
     add_files,
     cancel,
@@ -31,24 +27,20 @@ from dispatcher.enqueue import (
     mark_already_queued,
     retry_failed,
 )
-from dispatcher.plan import DEFAULT_PATTERNS, Options, plan
-from dispatcher.sharding import parse_size
+from dispatcher.options import dispatch_options, make_options, redis_option
+from dispatcher.plan import Options, plan
+from dispatcher.terminal import Interrupted, console, end, err_console, handle_errors
 from velosiped import logs, settings, storage
 from velosiped.connection import connect, describe_connection, embedded, state_dir
 from velosiped.errors import (
     EXIT_FILES_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_SOFTWARE,
     ConfigError,
-    VeloError,
     exit_code,
 )
 from velosiped.models import version_of
 
 __all__ = ["main"]
-
-SHARD_SIZE_ENV = settings.SHARD_SIZE.env
 
 HELP_EPILOG = """\b
 Examples:
@@ -62,117 +54,18 @@ Exit codes: 0 done; 1 some files failed (run, dispatch --wait); 2 usage or confi
 error (one line on stderr); 130 interrupted (Ctrl-C).
 """
 
-redis_help = "Redis URL (default: env REDIS_URL)."
-queue_help = "RQ queue name."
 wait_help = (
     "Show a progress bar and return when the batch is done (exit 1 if a file failed). "
     "Ctrl-C stops waiting (exit 130); the batch goes on in the workers."
 )
-dry_run_help = "Print what would happen to each file, and why; enqueue nothing."
-force_help = "Redo files already done."
-pattern_help = "Input file name pattern; repeat for several (default: *.csv, *.csv.gz)."
-output_help = "Write outputs under this prefix instead of next to the inputs, keeping relative paths."
-keep_help = "Input columns copied to the output, comma-separated (default: all)."
-features_help = "Input columns fed to the model, in its order, comma-separated (default: the model's feature names)."
-sep_help = "CSV delimiter of the inputs, kept for the outputs ('\\t' for tabs)."
-encoding_help = "Text encoding of the CSV inputs (outputs are UTF-8)."
 preload_help = "Load this model at start (before forking --processes), so the first job need not wait for it."
 interval_help = "Seconds between listings of SOURCE."
 full_every_help = "List SOURCE whole every N listings (S3 otherwise lists only keys after the last one seen)."
-timeout_help = "Seconds one file may take before its job is stopped."
-shard_size_help = (
-    "Split plain CSVs above this size into shards of about this size, scored by many workers and "
-    "assembled into one output (bytes, or 512MB, 1GB; 0: never; default: env VELO_SHARD_SIZE or 1GB). "
-    "A quoted field holding a line break cannot be split: use 0 for such files."
-)
 metrics_port_help = "Serve Prometheus metrics on this port (default: env VELO_METRICS_PORT; unset: off)."
 metrics_addr_help = "Address the metrics server listens on."
 log_format_help = "Log lines as readable text, or one JSON object per line (default: env VELO_LOG_FORMAT or text)."
 status_watch_help = "Refresh every --interval seconds until Ctrl-C (exit 130, as any interrupted command)."
 status_interval_help = "Seconds between refreshes of --watch."
-
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with what it left undone and what to do about it (the one line the user sees)."""
-
-
-INTERRUPTED = "interrupted; run the same command again to finish"
-
-
-def message(e: BaseException) -> str:
-    """The one line (after ``velo: ``) a command ends with on ``e``."""
-    if isinstance(e, Interrupted):
-        return str(e)
-    if isinstance(e, (KeyboardInterrupt, click.Abort)):
-        return INTERRUPTED
-    if isinstance(e, redis.ConnectionError):
-        return f"lost the connection to Redis ({e}); check --redis or REDIS_URL"
-    if isinstance(e, redis.ResponseError):
-        return f"Redis refused a command ({e})"
-    if isinstance(e, redis.RedisError):
-        return f"Redis failed ({type(e).__name__}: {e}); check --redis or REDIS_URL"
-    return str(e)
-
-
-def end(e: BaseException) -> NoReturn:
-    """The one way a command ends on an exception: one line on stderr, the code ``exit_code`` gives.
-
-    A bug (an exception exit_code does not know) keeps its traceback."""
-    code = exit_code(e)
-    if code == EXIT_SOFTWARE:
-        raise e
-    if code == EXIT_INTERRUPTED:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line short
-    err_console.print(f"velo: {message(e)}", markup=False)
-    sys.exit(code)
-
-
-def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--queue", "queue", default="velo", show_default=True, help=queue_help)(f)
-    return click.option("--redis", "redis_url", envvar="REDIS_URL", default=None, help=redis_help)(f)
-
-
-def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed(
-        [
-            click.argument("source"),
-            click.option("--model", required=True, help="Path or s3:// URI of a joblib model."),
-            click.option("--pattern", "patterns", multiple=True, help=pattern_help),
-            click.option("--output", default=None, help=output_help),
-            click.option("--suffix", default=".out", show_default=True, help="Added to output names."),
-            click.option("--keep", default=None, help=keep_help),
-            click.option("--features", default=None, help=features_help),
-            click.option("--sep", default=",", show_default=True, help=sep_help),
-            click.option("--encoding", default="utf-8", show_default=True, help=encoding_help),
-            click.option("--proba", is_flag=True, help="Add one proba_<class> column per class."),
-            click.option("--force", is_flag=True, help=force_help),
-            click.option("--dry-run", is_flag=True, help=dry_run_help),
-            click.option("--model-sha256", default=None, help="Pin the model's SHA-256 digest."),
-            click.option("--timeout", default=JOB_TIMEOUT, show_default=True, type=int, help=timeout_help),
-            click.option(
-                "--shard-size", envvar=SHARD_SIZE_ENV, default=settings.SHARD_SIZE.default, help=shard_size_help
-            ),
-        ]
-    ):
-        f = opt(f)
-    return f
-
-
-def handle_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Errors a user can fix, and Ctrl-C, end the command through ``end``: one line on stderr and
-    ``exit_code``'s code, never a traceback (nor click's "Aborted!"). A command returns its exit code."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except (VeloError, redis.RedisError, KeyboardInterrupt) as e:
-            end(e)
-
-    return wrapper
 
 
 def open_redis(url: str | None, *, embedded_ok: bool) -> tuple[redis.Redis, str]:
@@ -181,61 +74,6 @@ def open_redis(url: str | None, *, embedded_ok: bool) -> tuple[redis.Redis, str]
     if embedded_ok:
         return embedded()
     raise ConfigError("no Redis given; set --redis or REDIS_URL (or use `velo run`, which embeds one)")
-
-
-def make_options(
-    model: str,
-    patterns: tuple[str, ...],
-    output: str | None,
-    suffix: str,
-    keep: str | None,
-    proba: bool,
-    force: bool,
-    model_sha256: str | None,
-    features: str | None,
-    sep: str,
-    encoding: str,
-    shard_size: str = "0",
-) -> Options:
-    model = storage.normalize(model)
-    version = version_of(model)
-    if model_sha256:
-        model_sha256 = model_sha256.lower().removeprefix("sha256:")
-        if version.startswith("sha256:") and version != "sha256:" + model_sha256:
-            raise ConfigError(f"{model}: digest {version} does not match --model-sha256 {model_sha256}; check both")
-    return Options(
-        model=model,
-        model_version=version,
-        patterns=patterns or DEFAULT_PATTERNS,
-        suffix=suffix,
-        output=storage.normalize(output) if output else None,
-        keep=_columns(keep),
-        proba=proba,
-        features=_columns(features),
-        sep=_separator(sep),
-        encoding=_encoding(encoding),
-        force=force,
-        model_sha256=model_sha256,
-        shard_size=parse_size(shard_size),
-    )
-
-
-def _columns(text: str | None) -> list[str] | None:
-    return [c.strip() for c in text.split(",") if c.strip()] if text is not None else None
-
-
-def _separator(sep: str) -> str:
-    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)
-    if len(sep) != 1 or sep in '"\r\n':
-        raise ConfigError(f"--sep {sep!r}: the delimiter must be one character (use '\\t' for tabs)")
-    return sep
-
-
-def _encoding(name: str) -> str:
-    try:
-        return codecs.lookup(name).name
-    except LookupError as e:
-        raise ConfigError(f"--encoding {name!r}: unknown encoding; use e.g. utf-8, latin-1, cp1252") from e
 
 
 def do_dispatch(

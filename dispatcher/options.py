@@ -1,0 +1,124 @@
+"""The options `velo` commands share, and what they become: the Redis ones, and a dispatch's
+(``velo run``, ``dispatch``, ``watch``), checked and turned into :class:`dispatcher.plan.Options`."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dispatcher.enqueue import JOB_TIMEOUT
+from dispatcher.plan import DEFAULT_PATTERNS, Options
+from dispatcher.sharding import parse_size
+from velosiped import settings, storage
+from velosiped.errors import ConfigError
+from velosiped.models import version_of
+
+__all__ = ["dispatch_options", "make_options", "redis_option"]
+
+SHARD_SIZE_ENV = settings.SHARD_SIZE.env
+
+redis_help = "Redis URL (default: env REDIS_URL)."
+queue_help = "RQ queue name."
+dry_run_help = "Print what would happen to each file, and why; enqueue nothing."
+force_help = "Redo files already done."
+pattern_help = "Input file name pattern; repeat for several (default: *.csv, *.csv.gz)."
+output_help = "Write outputs under this prefix instead of next to the inputs, keeping relative paths."
+keep_help = "Input columns copied to the output, comma-separated (default: all)."
+features_help = "Input columns fed to the model, in its order, comma-separated (default: the model's feature names)."
+sep_help = "CSV delimiter of the inputs, kept for the outputs ('\\t' for tabs)."
+encoding_help = "Text encoding of the CSV inputs (outputs are UTF-8)."
+timeout_help = "Seconds one file may take before its job is stopped."
+shard_size_help = (
+    "Split plain CSVs above this size into shards of about this size, scored by many workers and "
+    "assembled into one output (bytes, or 512MB, 1GB; 0: never; default: env VELO_SHARD_SIZE or 1GB). "
+    "A quoted field holding a line break cannot be split: use 0 for such files."
+)
+
+
+def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--queue", "queue", default="velo", show_default=True, help=queue_help)(f)
+    return click.option("--redis", "redis_url", envvar="REDIS_URL", default=None, help=redis_help)(f)
+
+
+def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(
+        [
+            click.argument("source"),
+            click.option("--model", required=True, help="Path or s3:// URI of a joblib model."),
+            click.option("--pattern", "patterns", multiple=True, help=pattern_help),
+            click.option("--output", default=None, help=output_help),
+            click.option("--suffix", default=".out", show_default=True, help="Added to output names."),
+            click.option("--keep", default=None, help=keep_help),
+            click.option("--features", default=None, help=features_help),
+            click.option("--sep", default=",", show_default=True, help=sep_help),
+            click.option("--encoding", default="utf-8", show_default=True, help=encoding_help),
+            click.option("--proba", is_flag=True, help="Add one proba_<class> column per class."),
+            click.option("--force", is_flag=True, help=force_help),
+            click.option("--dry-run", is_flag=True, help=dry_run_help),
+            click.option("--model-sha256", default=None, help="Pin the model's SHA-256 digest."),
+            click.option("--timeout", default=JOB_TIMEOUT, show_default=True, type=int, help=timeout_help),
+            click.option(
+                "--shard-size", envvar=SHARD_SIZE_ENV, default=settings.SHARD_SIZE.default, help=shard_size_help
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def make_options(
+    model: str,
+    patterns: tuple[str, ...],
+    output: str | None,
+    suffix: str,
+    keep: str | None,
+    proba: bool,
+    force: bool,
+    model_sha256: str | None,
+    features: str | None,
+    sep: str,
+    encoding: str,
+    shard_size: str = "0",
+) -> Options:
+    model = storage.normalize(model)
+    version = version_of(model)
+    if model_sha256:
+        model_sha256 = model_sha256.lower().removeprefix("sha256:")
+        if version.startswith("sha256:") and version != "sha256:" + model_sha256:
+            raise ConfigError(f"{model}: digest {version} does not match --model-sha256 {model_sha256}; check both")
+    return Options(
+        model=model,
+        model_version=version,
+        patterns=patterns or DEFAULT_PATTERNS,
+        suffix=suffix,
+        output=storage.normalize(output) if output else None,
+        keep=_columns(keep),
+        proba=proba,
+        features=_columns(features),
+        sep=_separator(sep),
+        encoding=_encoding(encoding),
+        force=force,
+        model_sha256=model_sha256,
+        shard_size=parse_size(shard_size),
+    )
+
+
+def _columns(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text is not None else None
+
+
+def _separator(sep: str) -> str:
+    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)
+    if len(sep) != 1 or sep in '"\r\n':
+        raise ConfigError(f"--sep {sep!r}: the delimiter must be one character (use '\\t' for tabs)")
+    return sep
+
+
+def _encoding(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError as e:
+        raise ConfigError(f"--encoding {name!r}: unknown encoding; use e.g. utf-8, latin-1, cp1252") from e
