@@ -172,17 +172,7 @@ def run(
     log_path = "" if dry_run else os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
     if log_path:
         log_to_file(log_path)
-    # A given Redis is checked first (a wrong URL fails at once); an embedded one starts while the
-    # model loads: it is loaded once, here, before forking, so every worker starts with it.
-    with ThreadPoolExecutor(1) as pool:
-        redis_ready = pool.submit(open_redis, redis_url, embedded_ok=True)
-        if redis_url:
-            redis_ready.result()
-        if not dry_run:
-            from worker import models
-
-            models.load(opts.model, opts.model_version, opts.model_sha256)
-        conn, url = redis_ready.result()
+    conn, url = redis_and_model(redis_url, opts, load_model=not dry_run)
     if dry_run:
         do_dispatch(conn, queue, source, opts, dry_run, timeout)
         return EXIT_OK
@@ -208,6 +198,23 @@ def run(
         raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
     print_summary(result, batch.skipped, time.perf_counter() - started)
     return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
+
+
+def redis_and_model(redis_url: str | None, opts: Options, *, load_model: bool) -> tuple[redis.Redis, str]:
+    """`velo run`'s Redis (given, or embedded) and its URL, with the model loaded alongside.
+
+    A given Redis is checked first (a wrong URL fails at once); an embedded one starts while the
+    model loads: it is loaded once, here, before forking, so every worker starts with it.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        redis_ready = pool.submit(open_redis, redis_url, embedded_ok=True)
+        if redis_url:
+            redis_ready.result()
+        if load_model:
+            from worker import models
+
+            models.load(opts.model, opts.model_version, opts.model_sha256)
+        return redis_ready.result()
 
 
 def log_to_file(path: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-RUNS_WORKERS = {"run", "worker", "local_workers"}
+RUNS_WORKERS = {"run", "worker", "local_workers", "redis_and_model"}
 """Functions of dispatcher/cli.py that start workers, so may import them."""
 
 
