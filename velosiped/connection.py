@@ -18,7 +18,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from velosiped import settings
-from velosiped.errors import ConfigError, redact
+from velosiped.errors import ConfigError, redact, scrub
 
 __all__ = [
     "as_text",
@@ -55,11 +55,18 @@ def connect(url: str) -> redis.Redis:
         redis.Redis.from_url(url, socket_connect_timeout=5, retry=Retry(NoBackoff(), retries=0)).ping()
         conn = redis_client(url)  # ...then every command rides out a short outage
     except ValueError as e:
-        raise ConfigError(f"bad Redis URL {redact(url)!r} ({e}); use redis://host:6379/0") from e
+        # redis-py quotes the piece it could not parse ('s3cr' of redis://:s3cr/et@h), which may be
+        # part of the password: with a password in the URL such text goes, the likely cause instead
+        if redact(url) != url and "'" in str(e):
+            reason = "cannot parse it: a / ? or # in the password must be percent-encoded, / as %2F"
+        else:
+            reason = scrub(str(e), url)
+        raise ConfigError(f"bad Redis URL {redact(url)!r} ({reason}); use redis://host:6379/0") from e
     except redis.AuthenticationError as e:
-        raise ConfigError(f"Redis at {redact(url)} refused the password ({e}); check --redis or REDIS_URL") from e
+        reason = scrub(str(e), url)
+        raise ConfigError(f"Redis at {redact(url)} refused the password ({reason}); check --redis or REDIS_URL") from e
     except redis.ConnectionError as e:
-        reason = str(e).split(". ")[-1].rstrip(".") or "no answer"
+        reason = scrub(str(e).split(". ")[-1].rstrip("."), url) or "no answer"
         raise ConfigError(f"cannot reach Redis at {redact(url)} ({reason}); set --redis or REDIS_URL") from e
     return conn
 

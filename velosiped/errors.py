@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
-__all__ = ["ConfigError", "InputError", "StorageError", "TransientError", "VeloError", "redact"]
+__all__ = ["ConfigError", "InputError", "StorageError", "TransientError", "VeloError", "redact", "scrub"]
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
-    """A URL without its password, fit for messages, logs and status."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """A URL without its password, fit for messages, logs and status.
+
+    Parsed, not matched: the userinfo is everything between ``://`` and the LAST ``@`` (a raw
+    base64 password holds ``/``, others ``@`` or ``:``, and redis-py's own parser splits such a URL
+    wherever it likes), so no fragment of a password survives, percent-encoded or not. ``user:pw``
+    keeps its user; userinfo without a ``:`` is hidden whole (``redis://pw@host`` is a common way
+    to write a password). A ``password=`` query parameter (``unix:///s.sock?password=pw``) goes too.
+    Erring towards hiding: a ``@`` in another query value hides the host as well, never a password.
+    """
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    return f"{scheme}://{user + ':***' if colon else '***'}{rest[at:]}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a library's error message about ``url``) without any piece of ``url``'s password.
+
+    redis-py quotes bits of a URL it cannot parse (``Port could not be cast ... 's3cr'``): every
+    piece of the password (split where a parser may split it) and its decoded form become ``***``.
+    Callers drop such text altogether where they can; this is for text worth keeping.
+    """
+    hidden = [m.group(1) for m in re.finditer(r"[?&]password=([^&#]*)", url, re.IGNORECASE)]
+    _, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo = rest[: rest.rfind("@")]
+        hidden.append(userinfo.partition(":")[2] or userinfo)
+    # Pieces under 3 characters stay: hiding every "a" would garble the message and tell little
+    pieces = {p for h in hidden for p in (h, unquote(h), *re.split(r"[/@:?#&=%]", h)) if len(p) >= 3}
+    for piece in sorted(pieces, key=len, reverse=True):  # the whole before its parts
+        text = text.replace(piece, "***")
+    return text
 
 
 class VeloError(Exception):

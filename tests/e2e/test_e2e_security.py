@@ -416,3 +416,50 @@ def test_redis_password_works_end_to_end_and_never_shows(s3, redis_server, velo,
         assert "wrong-pw" not in result.stdout + result.stderr, what + "\n" + velo.describe(result)
         assert PASSWORD not in result.stdout + result.stderr, what + "\n" + velo.describe(result)
         print(f"\n{what}: {line}")
+
+
+SLASHED = "Zm9v/YmFy+=="
+"""A base64 password: it holds a '/', which a URL must percent-encode (%2F) and users often do not."""
+SLASHED_PIECES = (SLASHED, "Zm9v", "YmFy", "Zm9v%2FYmFy")
+
+
+@pytest.mark.timeout(120)
+def test_a_password_with_slash_or_at_never_shows_whatever_the_url_gets_wrong(s3, redis_server, velo, tmp_path):
+    # Given a private redis-server whose password is base64 (holds '/'), and a folder to dispatch
+    server = redis_server(password=SLASHED)
+    model_path = dump_model(fit_model(), tmp_path / "model.joblib")
+    s3.put("in/a.csv", csv_bytes(make_frame(3, seed=41)))
+    port = server.port
+    encoded = f"redis://:Zm9v%2FYmFy+==@127.0.0.1:{port}/0"
+
+    # When the password is percent-encoded, Then the commands work and show it nowhere
+    ok = [
+        velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", encoded, check=0),
+        velo("status", "--redis", encoded, check=0),
+        velo("status", "--json", env={"REDIS_URL": encoded}, check=0),
+    ]
+    for result in ok:
+        for piece in SLASHED_PIECES:
+            assert piece not in result.stdout + result.stderr, velo.describe(result)
+
+    # When the URL is wrong in ways that make redis-py quote it: a raw '/' (it then reads 'Zm9v' as
+    # the port), a raw '@' or ':' in the password of an unreachable server, a bad port, a bad host
+    attempts = {
+        "raw slash": f"redis://:{SLASHED}@127.0.0.1:{port}/0",
+        "raw slash, rediss": f"rediss://:{SLASHED}@127.0.0.1:{port}/0",
+        "raw slash, unix query": f"unix://{tmp_path}/no.sock?password={SLASHED}",
+        "raw at, unreachable": "redis://:Zm9v@YmFy+==@127.0.0.1:1/0",
+        "raw colon, unreachable": "redis://user:Zm9v:YmFy+==@127.0.0.1:1/0",
+        "bad port": "redis://:Zm9v%2FYmFy+==@127.0.0.1:99999/0",
+        "unreachable host": "redis://:Zm9v%2FYmFy+==@no-such-host.invalid:6379/0",
+    }
+    for what, url in attempts.items():
+        for result in (
+            velo("status", "--redis", url, timeout=20),
+            velo("dispatch", s3.uri("in/"), "--model", model_path, "--force", env={"REDIS_URL": url}, timeout=20),
+        ):
+            # Then each exits 2 with one line, and no piece of the password anywhere
+            line = assert_clean_error(result, "Redis")
+            for piece in SLASHED_PIECES:
+                assert piece not in result.stdout + result.stderr, what + "\n" + velo.describe(result)
+            print(f"\n{what}: {line}")
