@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
 
-__all__ = ["fail", "file_seconds", "name_of", "score", "settle"]
+__all__ = ["drop_stale_error", "fail", "file_seconds", "name_of", "score", "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,22 @@ def _finish(redis: Redis, p: Payload, total: int) -> None:
     """After assembly (maybe by another job): lineage, no stale error, done in the batch, no parts."""
     if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
         storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(total)})
-    storage.delete(error_uri(p["output"]))
+    drop_stale_error(p)
     set_state(redis, p["batch"], p["input"], FileState.DONE, rows=total)
     _clean(p)
+
+
+def drop_stale_error(p: Payload) -> None:
+    """Remove the error file an earlier run left beside the output just written.
+
+    Only a warning if that fails: the output is written and whole, and the next dispatch
+    plans by the output (its lineage), never by a stale error file beside it. A put-only
+    policy (AccessDenied on DELETE) must not turn a success into a failure.
+    """
+    try:
+        storage.delete(error_uri(p["output"]))
+    except (VeloError, OSError) as e:
+        log.warning("%s: scored, but its stale error file stays: %s", p["input"], e)
 
 
 def _clean(p: Payload) -> None:

@@ -163,7 +163,7 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         rows = _score_whole(p, model)
         if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
             storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(rows)})
-        storage.delete(error_uri(p["output"]))  # a stale failure from an earlier run no longer holds
+        shards.drop_stale_error(p)  # a stale failure from an earlier run no longer holds
         return rows, rows
     except JobTimeoutException:
         raise

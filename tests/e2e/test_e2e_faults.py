@@ -739,3 +739,33 @@ def test_retry_after_fixing_a_failed_file_scores_it(clean_redis, velo, start_vel
     assert_output_matches(read_output(folder / "fixme.out.csv"), expected_output(fixed, model))
     assert not (folder / "fixme.out.csv.error.json").exists()
     assert worker.poll() is None, worker.describe()
+
+
+@pytest.mark.timeout(90)
+def test_a_put_only_policy_keeps_a_success_when_the_stale_error_file_cannot_be_deleted(
+    s3, clean_redis, velo, fault_proxy, model, model_path
+):
+    # Given a file that failed before for a passing reason (its stale error file is beside it), and
+    # an S3 proxy that denies DELETE on that error file, as a put-only bucket policy does
+    frame = make_frame(12, seed=701)
+    s3.put("in/again.csv", csv_bytes(frame))
+    stale = {"file": s3.uri("in/again.csv"), "error": "S3 unavailable", "kind": "transient"}
+    s3.put("in/again.out.csv.error.json", json.dumps(stale).encode())
+    fault_proxy.deny("DELETE", r"^/velo-test/in/again\.out\.csv\.error\.json(\?|$)")
+    dispatched = velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", clean_redis, check=0)
+    batch_id, enqueued, _ = find_dispatch_line(dispatched.stdout)
+    assert enqueued == 1
+
+    # When a worker going through the proxy scores it
+    worker = velo("worker", "--burst", "--redis", clean_redis, env={"AWS_ENDPOINT_URL": fault_proxy.url}, timeout=60)
+
+    # Then the file is done with its right output; the denied delete is only a warning
+    assert worker.returncode == 0, velo.describe(worker)
+    assert "403" in fault_proxy.faults("DELETE", r"^/velo-test/in/again\.out\.csv\.error\.json(\?|$)")
+    final = batch_status(velo, clean_redis, batch_id)
+    assert counters(final) == {"total": 1, "queued": 0, "running": 0, "done": 1, "failed": 0}, final
+    assert_output_matches(read_output(s3.get("in/again.out.csv")), expected_output(frame, model))
+    assert "stale error file stays" in worker.stderr, velo.describe(worker)
+    # And the next dispatch finds it done (it plans by the output, not by the stale error file)
+    again = velo("dispatch", s3.uri("in/"), "--model", model_path, "--redis", clean_redis, "--dry-run", check=0)
+    assert again.stdout.startswith("already done\t"), velo.describe(again)

@@ -19,7 +19,7 @@ from dispatcher.plan import Options, plan
 from dispatcher.status import describe
 from tests.helpers import assert_output_matches, csv_bytes, dump_model, expected_output, fit_model, make_frame
 from velosiped import storage
-from velosiped.errors import ConfigError, InputError
+from velosiped.errors import ConfigError, InputError, StorageError
 from velosiped.jobs import job_id, shard_group, validate
 from velosiped.models import version_of
 from velosiped.rqapi import make_queue
@@ -294,6 +294,34 @@ def test_assembly_is_idempotent_and_a_late_rerun_only_tidies_up(redis, tmp_path,
     # And an assembler that comes second finds the parts gone and the file settled
     assert shards._assemble(redis, payloads[2]) is None
     assert out.read_bytes() == whole(data, model)
+
+
+def test_a_stale_error_file_that_cannot_be_deleted_leaves_the_assembled_file_done(redis, tmp_path, model, monkeypatch):
+    # Given a file in 3 shards that failed before (its stale error file is beside it), and a store
+    # that refuses to delete that error file (a put-only policy: AccessDenied on DELETE)
+    data = csv_bytes(make_frame(3_000, seed=9))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.csv").write_bytes(data)
+    stale = tmp_path / "in" / "x.out.csv.error.json"
+    stale.write_text(json.dumps({"error": "S3 unavailable", "kind": "transient"}))
+    delete = storage.delete
+
+    def put_only(uri: str) -> None:
+        if uri.endswith(".error.json"):
+            raise StorageError(f"{uri}: access denied by S3 (AccessDenied); check the credentials and bucket policy")
+        delete(uri)
+
+    monkeypatch.setattr(storage, "delete", put_only)
+    opts = options(tmp_path, model, shard_size=len(data) // 3 + 1)
+    _, batch = dispatch(redis, str(tmp_path / "in"), opts)
+    # When the worker scores and assembles it
+    work(redis)
+    # Then the file is done with its whole output; the stale error file merely stays
+    b = describe(redis, batch.id)
+    assert (b["done"], b["failed"], b["rows"]) == (1, 0, 3_000), b
+    assert (tmp_path / "in" / "x.out.csv").read_bytes() == whole(data, model)
+    assert stale.exists()
+    assert {p.reason for p in plan(str(tmp_path / "in"), opts)} == {"already done"}
 
 
 def test_two_assemblers_from_the_same_parts_write_the_same_whole_output(redis, tmp_path, model):
