@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
-__all__ = ["FileState", "counters", "set_state"]
+__all__ = ["FileState", "counters", "get_state", "set_state"]
 
 
 class FileState(str, Enum):
@@ -35,6 +35,12 @@ def set_state(
     keys_ = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]
     args = [file, state.value, rows, error, f"{time.time():.3f}"]
     return bool(lua.script(redis, "state.lua", "set_state.lua")(keys=keys_, args=args, client=redis))
+
+
+def get_state(redis: Redis, batch_id: str, file: str) -> FileState | None:
+    """``file``'s state in its batch; None if the batch does not list it."""
+    raw = redis.hget(keys.batch_files(batch_id), file)
+    return None if raw is None else FileState(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 def counters(redis: Redis, batch_id: str) -> dict[str, Any]:

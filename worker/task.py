@@ -19,7 +19,7 @@ from velosiped import keys, payloads, storage
 from velosiped.access import MODEL_PREFIXES_ENV, check_path
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
 from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
-from velosiped.state import FileState, set_state
+from velosiped.state import FileState, get_state, set_state
 from velosiped.storage.base import causes
 from worker import backoff, metrics, models, shards
 from worker.scoring import Dialect, is_parquet, score_stream
@@ -81,6 +81,9 @@ def _score_payload(p: Payload, job: Job) -> dict[str, Any]:
     if p.get("shard"):
         return _shard_scored(p, job, redis, rows, total, started)
     set_state(redis, p["batch"], p["input"], FileState.DONE, rows=rows)
+    # After DONE, not before: a late failure callback writing an error file meanwhile finds the file
+    # done and removes what it wrote, or wrote it before this removes it (see _fail)
+    shards.drop_stale_error(p)
     log.info(
         "%6.2fs ← %s %d rows %.0f rows/s",
         seconds,
@@ -106,6 +109,12 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
     except InputError:
         return
     if p is None:
+        return
+    if get_state(connection, p["batch"], p["input"]) is FileState.DONE:
+        # A lease ran out (AbandonedJobError) while its worker was still going, and that worker
+        # recorded the file done before this callback ran: the success stands, no error file
+        log.info("%s: done already; a late %s changes nothing", p["input"], exc_type.__name__)
+        payloads.drop(connection, job.id)
         return
     if exc_type is AbandonedJobError:
         reason = f"{p['input']}: its worker died on every attempt (killed or out of memory); not retried again"
@@ -163,7 +172,6 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         rows = _score_whole(p, model)
         if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
             storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(rows)})
-        shards.drop_stale_error(p)  # a stale failure from an earlier run no longer holds
         return rows, rows
     except JobTimeoutException:
         raise
@@ -256,6 +264,12 @@ def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
         storage.write_json(error_uri(p["output"]), record)
     except Exception as e:  # the reason still reaches `velo status`
         log.warning("%s: cannot write error file: %s", p["input"], e)
-    set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason)
+    if not set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason) and (
+        get_state(redis, p["batch"], p["input"]) is FileState.DONE
+    ):
+        # Another run of this file succeeded meanwhile (a done file stays done): so does its output
+        log.warning("%s; but it is done already, and that success stands", reason)
+        shards.drop_stale_error(p)
+        return {"error": reason}
     redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))  # for `velo retry`
     return {"error": reason}

@@ -192,3 +192,38 @@ def test_paths_outside_allowed_prefixes_are_refused(redis, folder, monkeypatch, 
     assert b["failed"] == 1
     assert "outside VELO_ALLOWED_PREFIXES" in b["failures"][0]["error"]
     assert not list((tmp_path / "data").glob("*.out.csv*"))  # no output, no error file outside the prefix
+
+
+def test_a_late_lease_expiry_callback_leaves_a_done_file_done(redis, folder, tmp_path):
+    from rq.exceptions import AbandonedJobError
+
+    from velosiped.state import FileState, set_state
+    from worker import task
+
+    # Given a file whose worker wrote its output and recorded it done, but had not yet dropped its
+    # payload when its lease ran out (it was slow to heartbeat)
+    source, opts = folder
+    batch = enqueue_batch(redis, "velo", source, opts, list(plan(source, opts))[:1])
+    job = make_queue(redis, "velo").jobs[0]
+    p = payloads.load(redis, job.id)
+    Path(p["output"]).write_text("id,prediction\n1,0\n")
+    set_state(redis, batch.id, p["input"], FileState.RUNNING)
+    set_state(redis, batch.id, p["input"], FileState.DONE, rows=1)
+    error_file = Path(p["output"] + ".error.json")
+
+    # When RQ's failure callback for the abandoned job lands afterwards
+    job.retries_left = 0
+    task.on_job_failure(job, redis, AbandonedJobError, AbandonedJobError("lease expired"), None)
+
+    # Then the success stands: done in the batch, its output kept, no error file, nothing to retry
+    b = describe(redis, batch.id)
+    assert (b["done"], b["failed"]) == (1, 0), b
+    assert not error_file.exists()
+    assert retry_failed(redis, batch.id) == (0, [])
+    assert Path(p["output"]).exists()
+
+    # And a failure recorded while the success was being recorded (the callback read the file as
+    # running, then the worker recorded it done) removes the error file it wrote
+    task._fail(p, f"{p['input']}: its worker died on every attempt", redis, "abandoned")
+    assert not error_file.exists()
+    assert describe(redis, batch.id)["done"] == 1
