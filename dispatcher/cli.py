@@ -132,7 +132,7 @@ def cli() -> None:
 def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run: bool, timeout: int, **kw: Any) -> int:
     """List SOURCE and enqueue one job per file that needs scoring."""
     source = storage.normalize(source)
-    opts = make_options(**kw)
+    opts = make_options(source, **kw)
     conn = None if dry_run and not redis_url else open_redis(redis_url, embedded_ok=False)[0]
     batch = do_dispatch(conn, queue, source, opts, dry_run, timeout)
     if batch is None or not wait or conn is None:
@@ -168,7 +168,7 @@ def run(
     """
     started = time.perf_counter()
     source = storage.normalize(source)
-    opts = make_options(**kw)
+    opts = make_options(source, **kw)
     log_path = "" if dry_run else os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
     if log_path:
         log_to_file(log_path)
@@ -255,7 +255,7 @@ def watch(
     if dry_run:
         raise ConfigError("--dry-run does not apply to watch; use `velo dispatch --dry-run`")
     source = storage.normalize(source)
-    opts = make_options(**kw)
+    opts = make_options(source, **kw)
     conn, _ = open_redis(redis_url, embedded_ok=False)
     try:
         watch_loop(

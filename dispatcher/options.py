@@ -25,7 +25,7 @@ queue_help = "RQ queue name."
 dry_run_help = "Print what would happen to each file, and why; enqueue nothing."
 force_help = "Redo files already done."
 pattern_help = "Input file name pattern; repeat for several (default: *.csv, *.csv.gz)."
-output_help = "Write outputs under this prefix instead of next to the inputs, keeping relative paths."
+output_help = "Write outputs under this prefix (outside SOURCE) instead of next to the inputs, keeping relative paths."
 keep_help = "Input columns copied to the output, comma-separated (default: all)."
 features_help = "Input columns fed to the model, in its order, comma-separated (default: the model's feature names)."
 sep_help = "CSV delimiter of the inputs, kept for the outputs ('\\t' for tabs)."
@@ -70,6 +70,7 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_options(
+    source: str,
     model: str,
     patterns: tuple[str, ...],
     output: str | None,
@@ -83,6 +84,7 @@ def make_options(
     encoding: str,
     shard_size: str = "0",
 ) -> Options:
+    _check_outputs(source, storage.normalize(output) if output else None, suffix)
     model = storage.normalize(model)
     version = version_of(model)
     if model_sha256:
@@ -104,6 +106,24 @@ def make_options(
         model_sha256=model_sha256,
         shard_size=parse_size(shard_size),
     )
+
+
+def _check_outputs(source: str, output: str | None, suffix: str) -> None:
+    """Refuse outputs the plan could not tell from inputs: it would skip every input, silently."""
+    if not suffix:
+        raise ConfigError("--suffix '': outputs would take their inputs' names; use a suffix, e.g. --suffix .out")
+    if output is None:
+        return
+    src, out = source.rstrip("/") + "/", output.rstrip("/") + "/"
+    if src.startswith(out):  # the plan skips whatever is under --output: every input here
+        raise ConfigError(
+            f"--output {output}: holds SOURCE {source}, so every input would be skipped; use a prefix outside SOURCE"
+        )
+    if out.startswith(src):
+        raise ConfigError(
+            f"--output {output}: inside SOURCE {source}, so outputs would be listed as inputs; "
+            "use a prefix outside SOURCE"
+        )
 
 
 def _columns(text: str | None) -> list[str] | None:

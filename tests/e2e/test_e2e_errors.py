@@ -62,6 +62,32 @@ CASES = {
         ["no/such/folder"],
         None,
     ),
+    # Outputs the plan could not tell from inputs: every input was skipped, silently, exit 0
+    "suffix-empty": (
+        ["dispatch", "{source}", "--model", "{model}", "--suffix", "", "--redis", "{redis}"],
+        ["--suffix ''"],
+        None,
+    ),
+    "run-suffix-empty": (
+        ["run", "{source}", "--model", "{model}", "--suffix", "", "--workers", "1"],
+        ["--suffix ''"],
+        None,
+    ),
+    "output-inside-source": (
+        ["dispatch", "{source}", "--model", "{model}", "--output", "s3://velo-test/in/out", "--redis", "{redis}"],
+        ["--output s3://velo-test/in/out", "inside SOURCE"],
+        None,
+    ),
+    "output-is-source": (
+        ["dispatch", "s3://velo-test/in", "--model", "{model}", "--output", "{source}", "--redis", "{redis}"],
+        ["--output s3://velo-test/in/", "every input would be skipped"],
+        None,
+    ),
+    "output-holds-local-source": (
+        ["watch", "{tmp}/data/in", "--model", "{model}", "--output", "{tmp}/data", "--redis", "{redis}"],
+        ["--output", "/data", "every input would be skipped"],
+        None,
+    ),
 }
 
 
