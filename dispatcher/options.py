@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,16 @@ def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--redis", "redis_url", envvar="REDIS_URL", default=None, help=redis_help)(f)
 
 
+SOURCE_HELP = (
+    "SOURCE is a local folder or file, or an S3 prefix taken as a folder, as `aws s3 cp --recursive` "
+    "does: s3://bucket/in and s3://bucket/in/ both mean the folder in/ (never in2/); an object's "
+    "exact key (s3://bucket/in/x.csv) means that one file."
+)
+
+
 def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """A dispatch's options and SOURCE argument, which the command's help explains after its own text."""
+    f.__doc__ = inspect.cleandoc(f.__doc__ or "") + "\n\n" + SOURCE_HELP
     for opt in reversed(
         [
             click.argument("source"),

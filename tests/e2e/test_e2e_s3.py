@@ -263,3 +263,34 @@ def test_header_only_input_gives_header_only_output(s3, clean_redis, velo, model
     assert len(out) == 0
     assert_outputs(s3, {"in/full.csv": frames["in/full.csv"]}, model)
     assert not s3.exists("in/empty.out.csv.error.json")
+
+
+def test_a_prefix_without_trailing_slash_is_a_folder_and_an_exact_key_one_file(
+    s3, clean_redis, velo, model, local_model
+):
+    # Given in/a.csv, and in2/b.csv beside it (which a raw S3 prefix `in` would also match)
+    frames = {"in/a.csv": make_frame(6, seed=51), "in2/b.csv": make_frame(4, seed=52), "in.csv": make_frame(3)}
+    put_inputs(s3, frames)
+
+    # When planned from s3://velo-test/in, with and without the slash, and from the exact key
+    def planned(source: str, *args: str) -> dict:
+        return parse_dry_run(velo("dispatch", source, "--model", local_model, "--dry-run", *args, check=0).stdout)[0]
+
+    # Then `in` and `in/` both mean the folder in/, never in2/ (nor the object in.csv)
+    expected = {s3.uri("in/a.csv"): ("new", s3.uri("in/a.out.csv"))}
+    assert planned(s3.uri("in")) == expected
+    assert planned(s3.uri("in/")) == expected
+    # And the exact key means that one file
+    assert planned(s3.uri("in2/b.csv")) == {s3.uri("in2/b.csv"): ("new", s3.uri("in2/b.out.csv"))}
+    # And under --output, the relative paths are the folder's either way
+    for source in (s3.uri("in"), s3.uri("in/")):
+        assert planned(source, "--output", s3.uri("out/")) == {s3.uri("in/a.csv"): ("new", s3.uri("out/a.out.csv"))}
+
+    # When dispatched from s3://velo-test/in and drained
+    result = velo("dispatch", s3.uri("in"), "--model", local_model, "--redis", clean_redis, check=0)
+    assert parse_dispatch(result.stdout)[1:] == (1, 0)
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+
+    # Then only in/a.csv was scored
+    assert data_keys(s3) == sorted([*frames, "in/a.out.csv"])
+    assert_outputs(s3, {"in/a.csv": frames["in/a.csv"]}, model)

@@ -111,7 +111,10 @@ def relative(base: str, uri: str) -> str:
         _, base_key = split_s3(base)
         _, key = split_s3(uri)
         if base_key and not base_key.endswith("/"):
-            base_key = base_key.rsplit("/", 1)[0] + "/" if "/" in base_key else ""
+            if key.startswith(base_key + "/"):  # s3://b/in is the folder in/ (see list_files)
+                base_key += "/"
+            else:  # an object's exact key: the file, whose folder is the base
+                base_key = base_key.rsplit("/", 1)[0] + "/" if "/" in base_key else ""
         return key[len(base_key) :]
     if os.path.isfile(base):
         return os.path.basename(uri)

@@ -169,6 +169,20 @@ class S3Transport:
     ) -> Iterator[ObjectInfo]:
         # Paged, 1,000 keys a request: memory stays flat whatever the count.
         bucket, prefix = split_s3(source)
+        if prefix and not prefix.endswith("/"):
+            # A folder, as `aws s3 cp --recursive` takes it (in means in/, never in2/), unless
+            # it is an object's exact key: that one file. The exact key sorts first of its prefix.
+            with self._errors(source):
+                first = client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+            if first and first[0]["Key"] == prefix:
+                obj = first[0]
+                name = prefix.rsplit("/", 1)[-1]
+                if (start_after is None or prefix > split_s3(start_after)[1]) and any(
+                    fnmatch.fnmatch(name, p) for p in patterns
+                ):
+                    yield ObjectInfo(source, "etag:" + obj["ETag"].strip('"'), obj["Size"])
+                return
+            prefix += "/"
         paginator = client().get_paginator("list_objects_v2")
         if start_after:
             pages = paginator.paginate(Bucket=bucket, Prefix=prefix, StartAfter=split_s3(start_after)[1])
