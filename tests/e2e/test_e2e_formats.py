@@ -60,3 +60,34 @@ def test_semicolon_latin1_csv_keeps_its_delimiter(clean_redis, velo, tmp_path):
     assert text.splitlines()[0] == "id;f0;f1;f2;f3;city;prediction"
     assert_output_matches(pd.read_csv(io.StringIO(text), sep=";"), expected_output(frame, model))
     assert "1 enqueued" in result.stdout
+
+
+def test_outputs_and_error_files_on_s3_carry_their_content_type(s3, clean_redis, velo, tmp_path):
+    import gzip
+
+    from helpers import csv_bytes
+
+    # Given a CSV, a gzipped CSV, a Parquet file and a CSV the model cannot score
+    model_path = dump_model(fit_model(), tmp_path / "m.joblib")
+    s3.put("in/a.csv", csv_bytes(make_frame(5, seed=11)))
+    s3.put("in/g.csv.gz", gzip.compress(csv_bytes(make_frame(5, seed=12))))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(make_frame(5, seed=13), preserve_index=False), buf)
+    s3.put("in/p.parquet", buf.getvalue())
+    s3.put("in/bad.csv", csv_bytes(make_frame(5, seed=14).drop(columns="f1")))
+    # When they are dispatched and worked
+    patterns = ("--pattern", "*.csv", "--pattern", "*.csv.gz", "--pattern", "*.parquet")
+    out = velo("dispatch", s3.uri("in/"), "--model", str(model_path), *patterns, "--redis", clean_redis)
+    assert parse_dispatch(out.stdout)[1:] == (4, 0)
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+    # Then each object says what it is; a .csv.gz is a gzip file, not a CSV to decompress on the way
+    types = {
+        key: (s3.head(key)["ContentType"], s3.head(key).get("ContentEncoding"))
+        for key in ("in/a.out.csv", "in/g.out.csv.gz", "in/p.out.parquet", "in/bad.out.csv.error.json")
+    }
+    assert types == {
+        "in/a.out.csv": ("text/csv", None),
+        "in/g.out.csv.gz": ("application/gzip", None),
+        "in/p.out.parquet": ("application/vnd.apache.parquet", None),
+        "in/bad.out.csv.error.json": ("application/json", None),
+    }

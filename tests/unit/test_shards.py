@@ -461,6 +461,7 @@ def test_s3_parts_of_5_mib_are_assembled_server_side_and_small_ones_streamed(red
     got = mock_s3.get_object(Bucket="bkt", Key="in/big.out.csv")
     assert got["Body"].read() == whole(data, model)
     assert got["Metadata"]["velo-input-version"] == planned[0].info.version
+    assert got["ContentType"] == "text/csv"
     assert [o["Key"] for o in mock_s3.list_objects_v2(Bucket="bkt")["Contents"]] == [
         "in/big.csv",
         "in/big.out.csv",

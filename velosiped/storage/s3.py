@@ -65,6 +65,22 @@ _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
+_CONTENT_TYPES = (
+    # A gzipped CSV is served as what it is, a gzip file: `text/csv` with `Content-Encoding: gzip`
+    # would make browsers, curl --compressed and some SDKs decompress it on download, handing
+    # back plain CSV under a .gz name (and bytes that match neither the size nor the ETag).
+    (".gz", "application/gzip"),
+    (".csv", "text/csv"),
+    (".parquet", "application/vnd.apache.parquet"),
+    (".json", "application/json"),
+)
+
+
+def content_type(uri: str) -> str | None:
+    """The Content-Type an object written at ``uri`` gets, by its name; None: S3's default."""
+    return next((kind for ext, kind in _CONTENT_TYPES if uri.endswith(ext)), None)
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len("s3://") :].partition("/")
     return bucket, key
@@ -144,6 +160,15 @@ def translate(uri: str, error: BaseException) -> VeloError | None:
     if isinstance(error, OSError) and _from_smart_open(error):
         return TransientError(f"{uri}: S3 stream failed ({error})", brief="stream failed")
     return None
+
+
+def _object_kwargs(uri: str, metadata: dict[str, str] | None) -> dict[str, Any]:
+    """What an object written at ``uri`` carries besides its bytes: its lineage and Content-Type."""
+    kwargs: dict[str, Any] = {"Metadata": metadata} if metadata else {}
+    kind = content_type(uri)
+    if kind:
+        kwargs["ContentType"] = kind
+    return kwargs
 
 
 class S3Transport:
@@ -245,8 +270,9 @@ class S3Transport:
         import smart_open
 
         params: dict[str, Any] = {"client": client(), "min_part_size": S3_PART_SIZE}
-        if metadata:
-            params["client_kwargs"] = {"S3.Client.create_multipart_upload": {"Metadata": metadata}}
+        kwargs = _object_kwargs(uri, metadata)
+        if kwargs:  # put_object too: smart_open writes an empty object with it
+            params["client_kwargs"] = {"S3.Client.create_multipart_upload": kwargs, "S3.Client.put_object": kwargs}
         in_body = False  # an error of the caller's (reading its input, say) is not about this output
         try:
             with smart_open.open(uri, "wb", transport_params=params) as out:
@@ -298,7 +324,9 @@ class S3Transport:
     def compose(self, uri: str, parts: list[tuple[str, int]], metadata: dict[str, str]) -> None:
         bucket, key = split_s3(uri)
         with self._errors(uri):
-            upload = client().create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)["UploadId"]
+            kind = content_type(uri) or "binary/octet-stream"  # S3's own default
+            created = client().create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata, ContentType=kind)
+        upload = created["UploadId"]
         try:
             done: list[CompletedPartTypeDef] = []
             for part, size in parts:
