@@ -24,6 +24,7 @@ from dispatcher.enqueue import (
     add_files,
     cancel,
     create_batch,
+    drop_if_empty,
     mark_already_queued,
     retry_failed,
 )
@@ -108,6 +109,7 @@ def do_dispatch(
     if created is not None:
         created.append(batch.id)
     add_files(conn, queue, batch, opts, planned, timeout)
+    drop_if_empty(conn, batch)  # nothing enqueued: no batch stays in Redis, the line still counts the skips
     for p in batch.planned:
         if p.shards and p.enqueue:
             click.echo(f"{p.info.uri}: {len(p.shards)} shards")
@@ -193,7 +195,7 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         cancel(conn, queue, set(created), "interrupted (Ctrl-C) before it was scored; run the same command again")
         raise Interrupted("interrupted; run the same command again to finish the remaining files") from None
-    result = status_mod.describe(conn, batch.id) or {}
+    result = status_mod.describe(conn, batch.id) or {"id": batch.id}  # none: it enqueued nothing
     if not result.get("finished", True):
         raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
     print_summary(result, batch.skipped, time.perf_counter() - started)

@@ -17,6 +17,7 @@ from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from dispatcher.enqueue import forget_expired
 from velosiped import keys, payloads, settings
 from velosiped.connection import as_text, describe_connection, fail_fast
 from velosiped.errors import ConfigError
@@ -30,7 +31,8 @@ __all__ = ["batch_ids", "describe", "render", "view", "wait", "watch", "workers"
 
 
 def batch_ids(redis: Redis, limit: int = 20) -> list[str]:
-    """The newest batches first."""
+    """The newest batches first (batches expired since are forgotten first)."""
+    forget_expired(redis)
     return [as_text(b) for b in redis.zrevrange(keys.BATCHES, 0, limit - 1)]
 
 
@@ -64,11 +66,19 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[st
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
         "finished": done + failed >= total,
         "eta_seconds": eta,
+        # A finished batch expires, keys and all, VELO_BATCH_RETENTION s after it finished.
+        "expires_in_seconds": _expires_in(redis, batch_id),
     }
     if with_failures:
         errors = redis.hgetall(keys.batch_errors(batch_id))
         out["failures"] = [{"file": as_text(f), "error": as_text(e)} for f, e in sorted(errors.items())]
     return out
+
+
+def _expires_in(redis: Redis, batch_id: str) -> int | None:
+    """Seconds before the batch's keys expire; None while they do not (it is not finished)."""
+    ttl = int(redis.ttl(keys.batch(batch_id)))
+    return ttl if ttl >= 0 else None
 
 
 def workers(redis: Redis, queue: str) -> list[dict[str, Any]]:
@@ -88,16 +98,18 @@ def view(batches: list[dict[str, Any]], workers: list[dict[str, Any]] | None = N
     """One table row per batch, each failed file with its reason, then the workers (when given)."""
     table = Table(title="Velosiped batches")
     # scoring s: from the first file started to the last one finished (`velo run`'s wall s adds its start-up)
-    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "scoring s", "ETA"):
+    columns = ["batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "scoring s", "ETA"]
+    for col in [*columns, "expires"]:
         table.add_column(col, justify="left" if col == "batch" else "right", no_wrap=col == "batch")
     for b in batches:
         table.add_row(
             b["id"],
-            *(str(b[k]) for k in ("total", "queued", "running", "done", "failed")),
+            *(str(b.get(k, 0)) for k in ("total", "queued", "running", "done", "failed")),
             f"{b['rows']:,}",
             f"{b['rows_per_s']:,.0f}",
             f"{b['seconds']:.1f}",
             "-" if b["finished"] else "?" if b["eta_seconds"] is None else _duration(b["eta_seconds"]),
+            "-" if b.get("expires_in_seconds") is None else "in " + _duration(b["expires_in_seconds"]),
         )
     parts: list[Any] = [table]
     for b in batches:
@@ -155,9 +167,11 @@ def watch(
 
 
 def _duration(seconds: float) -> str:
-    """``45s``, ``3m05s``, ``2h07m``."""
+    """``45s``, ``3m05s``, ``2h07m``, ``6d23h``."""
     h, rest = divmod(round(seconds), 3600)
     m, s = divmod(rest, 60)
+    if h >= 48:
+        return f"{h // 24}d{h % 24:02d}h"
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 

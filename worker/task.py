@@ -256,6 +256,7 @@ def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
         storage.write_json(error_uri(p["output"]), record)
     except Exception as e:  # the reason still reaches `velo status`
         log.warning("%s: cannot write error file: %s", p["input"], e)
+    # For `velo retry`; written first, so it expires with the batch this failure may finish.
+    redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))
     set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason)
-    redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))  # for `velo retry`
     return {"error": reason}
