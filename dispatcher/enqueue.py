@@ -13,6 +13,7 @@ from rq import Callback, Retry
 from rq.job import Job, JobStatus
 
 from dispatcher import sharding
+from dispatcher.lost import find_lost
 from velosiped import keys, lua, payloads, settings, storage
 from velosiped.connection import as_text
 from velosiped.errors import InputError
@@ -299,21 +300,22 @@ def enqueue_batch(
 
 
 def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tuple[int, list[str]]:
-    """Enqueue a batch's failed files again, as they are now; returns (count, files gone).
+    """Enqueue a batch's failed files again, and its files lost from the queue (their jobs were
+    removed: see dispatcher.lost), as they are now; returns (count, files gone).
 
     A big file is split again from its current size, with the batch's shard size.
     """
     failed = [as_text(f) for f in redis.hkeys(keys.batch_errors(batch_id))]
+    lost = find_lost(redis, batch_id)
     queue, shard_size = redis.hmget(keys.batch(batch_id), ["queue", "shard_size"])
     gone: list[str] = []
     by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)
-    for file in failed:
-        raw = redis.hget(keys.batch_jobs(batch_id), file)  # written by the worker that failed it
-        info = storage.head(file)
-        if raw is None or info is None:
+    for file in [*failed, *lost]:
+        payload = _failed_payload(redis, batch_id, file) if file not in lost else _lost_payload(redis, lost[file])
+        info = storage.head(file) if payload is not None else None
+        if payload is None or info is None:
             gone.append(file)
             continue
-        payload: Payload = json.loads(raw)
         payload.pop("shard", None)
         payload["input_version"] = info.version  # the user may have fixed the file
         group = sharding.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
@@ -322,6 +324,21 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
     count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
     return count, gone
+
+
+def _failed_payload(redis: Redis, batch_id: str, file: str) -> Payload | None:
+    raw = redis.hget(keys.batch_jobs(batch_id), file)  # written by the worker that failed it
+    return json.loads(raw) if raw is not None else None
+
+
+def _lost_payload(redis: Redis, job_ids: list[str]) -> Payload | None:
+    """A lost file's payload, from beside its removed jobs; their entries go (it gets new ones)."""
+    try:
+        payload = payloads.load(redis, job_ids[0])
+    except InputError:  # its options are gone too
+        payload = None
+    redis.hdel(keys.PAYLOADS, *job_ids)
+    return payload
 
 
 def _bounds(info: storage.ObjectInfo, shard_size: int, encoding: str) -> list[tuple[int, int]]:
