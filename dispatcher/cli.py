@@ -451,11 +451,13 @@ def no_batch_here(conn: redis.Redis, redis_url: str | None) -> str:
 def retry(batch: str, redis_url: str | None, queue: str) -> int:
     """Enqueue the batch's failed files again (after you fixed them), and its files lost from the queue."""
     conn, _ = open_redis(redis_url, embedded_ok=True)
-    if status_mod.describe(conn, batch, with_failures=False) is None:
+    if status_mod.describe(conn, batch, with_failures=False, lost=0) is None:  # lost: retry_failed looks
         raise ConfigError(f"no batch {batch!r} in Redis; `velo status` lists the batches")
     count, gone = retry_failed(conn, batch)
     for file in gone:
-        err_console.print(f"velo: {file}: no longer exists, or Redis lost its job whole; not retried", markup=False)
+        err_console.print(
+            f"velo: {file}: no longer exists (or Redis kept nothing to enqueue it from); not retried", markup=False
+        )
     click.echo(f"batch {batch}: {count} enqueued again")
     return EXIT_OK
 

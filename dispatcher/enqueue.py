@@ -223,8 +223,13 @@ def create_batch(redis: Redis, queue: str, source: str, opts: Options) -> Batch:
         # How long the batch stays once finished (scripts/state.lua expires it; 0 is refused).
         "retention": settings.BATCH_RETENTION.get(),
     }
-    redis.hset(keys.batch(batch.id), mapping={**batch.description, "total": 0})
-    redis.zadd(keys.BATCHES, {batch.id: now})
+    with redis.pipeline() as pipe:
+        pipe.hset(keys.batch(batch.id), mapping={**batch.description, "total": 0})
+        # Empty, it is finished: it expires unless a file is enqueued in it (the state rule persists
+        # it then), so a `velo watch` started and stopped with nothing to do leaves nothing for good.
+        pipe.expire(keys.batch(batch.id), int(batch.description["retention"]))
+        pipe.zadd(keys.BATCHES, {batch.id: now})
+        pipe.execute()
     forget_expired(redis)
     return batch
 

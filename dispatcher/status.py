@@ -222,8 +222,8 @@ def wait(
                 b = describe(probe, batch_id, with_failures=False, lost=lost) or {}
                 now = time.monotonic()
                 counts = tuple(b.get(k) for k in ("total", "queued", "running", "done", "failed", "rows"))
-                if counts != seen:
-                    seen, still_since, check_after = counts, now, CHECK_AFTER
+                if counts != seen:  # progress: what was lost may have been retried; look again when still
+                    seen, still_since, check_after, lost = counts, now, CHECK_AFTER, 0
                 elif now - still_since >= check_after and not b.get("finished", True):
                     lost = b["lost"] = len(find_lost(probe, batch_id))
                     still_since, check_after = now, min(check_after * 2, 60.0)
