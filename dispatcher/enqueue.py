@@ -312,6 +312,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     """
     failed = [as_text(f) for f in redis.hkeys(keys.batch_errors(batch_id))]
     lost = find_lost(redis, batch_id)
+    redis.hdel(keys.batch(batch_id), "lost_found", "lost_checked_at")  # `velo status`'s count, now stale
     queue, shard_size = redis.hmget(keys.batch(batch_id), ["queue", "shard_size"])
     gone: list[str] = []
     by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)

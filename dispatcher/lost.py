@@ -20,10 +20,13 @@ from velosiped.connection import as_text
 if TYPE_CHECKING:
     from redis import Redis
 
-__all__ = ["CHECK_AFTER", "find_lost", "remedy"]
+__all__ = ["CHECK_AFTER", "RECHECK_AFTER", "find_lost", "remedy"]
 
 CHECK_AFTER = 5.0
 """Seconds without progress in a batch before its files are checked for lost jobs."""
+
+RECHECK_AFTER = 60.0
+"""Seconds `velo status` reuses the lost count it found in a still batch (`velo retry` forgets it)."""
 
 _CHUNK = 1000
 """Files looked at per round trip."""

@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from dispatcher.enqueue import forget_expired
-from dispatcher.lost import CHECK_AFTER, find_lost
+from dispatcher.lost import CHECK_AFTER, RECHECK_AFTER, find_lost
 from velosiped import keys, payloads, settings
 from velosiped.connection import as_text, describe_connection, fail_fast
 from velosiped.errors import ConfigError
@@ -82,14 +82,20 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True, lost: int 
 
 
 def _lost_if_stalled(redis: Redis, batch_id: str, c: dict[str, Any]) -> int:
-    """Files lost from the queue, looked for (a walk of the batch) only once it made no progress
-    for CHECK_AFTER s: nothing finished, started or was enqueued since."""
+    """Files lost from the queue, looked for only once the batch made no progress for CHECK_AFTER s
+    (nothing finished, started or was enqueued since). A look walks the batch (about 1 s per
+    100,000 files), so its count is kept in the batch for RECHECK_AFTER s (`velo status --watch`)."""
     if c.get("done", 0) + c.get("failed", 0) >= c.get("total", 0):
         return 0
+    now = time.time()
     last = max(float(c.get(k, 0) or 0) for k in ("created_at", "started_at", "updated_at"))
-    if time.time() - last < CHECK_AFTER:
+    if now - last < CHECK_AFTER:
         return 0
-    return len(find_lost(redis, batch_id))
+    if now - float(c.get("lost_checked_at", 0) or 0) < RECHECK_AFTER:
+        return int(c.get("lost_found", 0))
+    found = len(find_lost(redis, batch_id))
+    redis.hset(keys.batch(batch_id), mapping={"lost_found": found, "lost_checked_at": f"{now:.3f}"})
+    return found
 
 
 def _expires_in(redis: Redis, batch_id: str) -> int | None:

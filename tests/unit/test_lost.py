@@ -51,3 +51,19 @@ def test_wait_ends_once_every_file_left_is_lost_and_retry_enqueues_them(redis, t
     assert redis.llen("rq:queue:velo") == 2
     assert redis.hlen(keys.PAYLOADS) == 2
     assert lost.find_lost(redis, batch.id) == {}
+
+
+def test_status_looks_for_lost_files_in_a_still_batch_once_a_minute(redis, tmp_path, monkeypatch):
+    batch = queued_batch(redis, tmp_path)
+    make_queue(redis, "velo").empty()
+    # A batch enqueued just now is not looked at
+    assert status.describe(redis, batch.id)["lost"] == 0
+    # One still for a while is, and the count found is kept a while (a look walks the whole batch)
+    redis.hset(keys.batch(batch.id), "created_at", "1")
+    assert status.describe(redis, batch.id)["lost"] == 2
+    monkeypatch.setattr(status, "find_lost", lambda *a: 1 / 0)
+    assert status.describe(redis, batch.id)["lost"] == 2
+    # Until `velo retry` enqueues them again
+    monkeypatch.undo()
+    assert retry_failed(redis, batch.id) == (2, [])
+    assert status.describe(redis, batch.id)["lost"] == 0
