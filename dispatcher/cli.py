@@ -24,9 +24,11 @@ from dispatcher.enqueue import (
     add_files,
     cancel,
     create_batch,
+    drop_if_empty,
     mark_already_queued,
     retry_failed,
 )
+from dispatcher.lost import remedy
 from dispatcher.options import dispatch_options, make_options, redis_option
 from dispatcher.plan import Options, plan
 from dispatcher.terminal import Interrupted, console, end, err_console, handle_errors
@@ -108,6 +110,7 @@ def do_dispatch(
     if created is not None:
         created.append(batch.id)
     add_files(conn, queue, batch, opts, planned, timeout)
+    drop_if_empty(conn, batch)  # nothing enqueued: no batch stays in Redis, the line still counts the skips
     for p in batch.planned:
         if p.shards and p.enqueue:
             click.echo(f"{p.info.uri}: {len(p.shards)} shards")
@@ -145,7 +148,9 @@ def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run
         ) from None
     for f in result.get("failures", []):
         err_console.print(f"failed: {f['error']}", markup=False)
-    return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
+    if result.get("lost"):
+        err_console.print(f"velo: {remedy(batch.id, result['lost'])}", markup=False)
+    return EXIT_FILES_FAILED if result.get("failed") or result.get("lost") else EXIT_OK
 
 
 @cli.command(epilog=HELP_EPILOG)
@@ -185,15 +190,18 @@ def run(
             batch = do_dispatch(conn, queue, source, opts, dry_run, timeout, created)
             assert batch is not None  # not a dry run
             alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
-            if batch.enqueued:
-                status_mod.wait(conn, batch.id, err_console, alive=alive)
+            waited = status_mod.wait(conn, batch.id, err_console, alive=alive) if batch.enqueued else {}
     except KeyboardInterrupt:
         # The workers are stopped (local_workers). Their jobs, queued or half done, leave Redis:
         # left there, they would make the same command, run again, skip their files as queued.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         cancel(conn, queue, set(created), "interrupted (Ctrl-C) before it was scored; run the same command again")
         raise Interrupted("interrupted; run the same command again to finish the remaining files") from None
-    result = status_mod.describe(conn, batch.id) or {}
+    result = status_mod.describe(conn, batch.id, lost=waited.get("lost", 0)) or {"id": batch.id}  # none: no file
+    if result.get("lost"):  # their jobs were removed (`rq empty`) while we waited
+        print_summary(result, batch.skipped, time.perf_counter() - started)
+        err_console.print(f"velo: {remedy(batch.id, result['lost'])}", markup=False)
+        return EXIT_FILES_FAILED
     if not result.get("finished", True):
         raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
     print_summary(result, batch.skipped, time.perf_counter() - started)
@@ -441,13 +449,15 @@ def no_batch_here(conn: redis.Redis, redis_url: str | None) -> str:
 @redis_option
 @handle_errors
 def retry(batch: str, redis_url: str | None, queue: str) -> int:
-    """Enqueue the batch's failed files again (after you fixed them)."""
+    """Enqueue the batch's failed files again (after you fixed them), and its files lost from the queue."""
     conn, _ = open_redis(redis_url, embedded_ok=True)
-    if status_mod.describe(conn, batch, with_failures=False) is None:
+    if status_mod.describe(conn, batch, with_failures=False, lost=0) is None:  # lost: retry_failed looks
         raise ConfigError(f"no batch {batch!r} in Redis; `velo status` lists the batches")
     count, gone = retry_failed(conn, batch)
     for file in gone:
-        err_console.print(f"velo: {file}: no longer exists; not retried", markup=False)
+        err_console.print(
+            f"velo: {file}: no longer exists (or Redis kept nothing to enqueue it from); not retried", markup=False
+        )
     click.echo(f"batch {batch}: {count} enqueued again")
     return EXIT_OK
 

@@ -13,7 +13,8 @@ from rq import Callback, Retry
 from rq.job import Job, JobStatus
 
 from dispatcher import sharding
-from velosiped import keys, lua, payloads, storage
+from dispatcher.lost import find_lost
+from velosiped import keys, lua, payloads, settings, storage
 from velosiped.connection import as_text
 from velosiped.errors import InputError
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, shard_group
@@ -22,6 +23,7 @@ from velosiped.state import FileState, set_state
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.typing import EncodableT, FieldT
     from rq import Queue
 
     from dispatcher.plan import Options, Planned
@@ -32,7 +34,9 @@ __all__ = [
     "add_files",
     "cancel",
     "create_batch",
+    "drop_if_empty",
     "enqueue_batch",
+    "forget_expired",
     "mark_already_queued",
     "payloads_for",
     "retry_failed",
@@ -61,6 +65,8 @@ class Batch:
     enqueued: int = 0
     skipped: int = 0
     planned: list[Planned] = field(default_factory=list)
+    description: dict[FieldT, EncodableT] = field(default_factory=dict)
+    """What the batch hash says of it besides its counters (written again if it expired meanwhile)."""
 
 
 def new_batch_id() -> str:
@@ -180,7 +186,12 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
             args += [jid, payloads.pack_own(p, digest)]
         if sharded:
             job_keys.append(keys.shards(shard_group(group[0])))
-    batch_keys = [keys.batch_files(batch_id), keys.batch(batch_id), keys.batch_errors(batch_id)]
+    batch_keys = [
+        keys.batch_files(batch_id),
+        keys.batch(batch_id),
+        keys.batch_errors(batch_id),
+        keys.batch_jobs(batch_id),
+    ]
     all_keys = [q.key, keys.PAYLOADS, *batch_keys, q.redis_queues_keys, *job_keys]
     return [bool(a) for a in lua.script(redis, "state.lua", "enqueue.lua")(keys=all_keys, args=args)]
 
@@ -200,22 +211,58 @@ def _chunks(files: list[list[Payload]]) -> Iterator[list[list[Payload]]]:
 
 
 def create_batch(redis: Redis, queue: str, source: str, opts: Options) -> Batch:
-    """Record a new, empty batch."""
-    batch = Batch(new_batch_id())
+    """Record a new, empty batch (and forget batches that expired)."""
     now = time.time()
-    redis.hset(
-        keys.batch(batch.id),
-        mapping={
-            "source": source,
-            "model": opts.model,
-            "queue": queue,
-            "created_at": f"{now:.3f}",
-            "total": 0,
-            "shard_size": opts.shard_size,  # `velo retry` splits big files again with it
-        },
-    )
-    redis.zadd(keys.BATCHES, {batch.id: now})
+    batch = Batch(new_batch_id())
+    batch.description = {
+        "source": source,
+        "model": opts.model,
+        "queue": queue,
+        "created_at": f"{now:.3f}",
+        "shard_size": opts.shard_size,  # `velo retry` splits big files again with it
+        # How long the batch stays once finished (scripts/state.lua expires it; 0 is refused).
+        "retention": settings.BATCH_RETENTION.get(),
+    }
+    with redis.pipeline() as pipe:
+        pipe.hset(keys.batch(batch.id), mapping={**batch.description, "total": 0})
+        # Empty, it is finished: it expires unless a file is enqueued in it (the state rule persists
+        # it then), so a `velo watch` started and stopped with nothing to do leaves nothing for good.
+        pipe.expire(keys.batch(batch.id), int(batch.description["retention"]))
+        pipe.zadd(keys.BATCHES, {batch.id: now})
+        pipe.execute()
+    forget_expired(redis)
     return batch
+
+
+def forget_expired(redis: Redis, limit: int = 1000) -> int:
+    """Take out of ``velo:batches`` the batches whose keys expired (or are gone); how many.
+
+    None can expire before its retention has passed since its creation (it expires that long
+    after it finished), so only entries older than that are looked at, ``limit`` at a time.
+    """
+    before = time.time() - settings.BATCH_RETENTION.get()
+    old = [as_text(b) for b in redis.zrangebyscore(keys.BATCHES, "-inf", before, start=0, num=limit)]
+    if not old:
+        return 0
+    with redis.pipeline(transaction=False) as pipe:
+        for b in old:
+            pipe.exists(keys.batch(b))
+        gone = [b for b, there in zip(old, pipe.execute(), strict=True) if not there]
+    if gone:
+        redis.zrem(keys.BATCHES, *gone)
+    return len(gone)
+
+
+def drop_if_empty(redis: Redis, batch: Batch) -> bool:
+    """Forget a batch that enqueued nothing (a cron dispatch with nothing new must not grow Redis)."""
+    if batch.enqueued:
+        return False
+    with redis.pipeline() as pipe:
+        # Its counters hash only: a batch that enqueued nothing moved no file.
+        pipe.delete(keys.batch(batch.id))
+        pipe.zrem(keys.BATCHES, batch.id)
+        pipe.execute()
+    return True
 
 
 def add_files(
@@ -238,35 +285,43 @@ def add_files(
     batch.planned += planned
     batch.skipped += len(planned) - added
     batch.enqueued += added
-    redis.hset(keys.batch(batch.id), mapping={"enqueued": batch.enqueued, "skipped": batch.skipped})
+    mapping: dict[FieldT, EncodableT] = {"enqueued": batch.enqueued, "skipped": batch.skipped}
+    if added and batch.description:  # a batch that expired meanwhile (`velo watch` idle that long) is whole again
+        mapping.update(batch.description)
+        redis.zadd(keys.BATCHES, {batch.id: float(str(batch.description["created_at"]))})
+    redis.hset(keys.batch(batch.id), mapping=mapping)
     return added
 
 
 def enqueue_batch(
     redis: Redis, queue: str, source: str, opts: Options, planned: list[Planned], timeout: int = JOB_TIMEOUT
 ) -> Batch:
-    """Record a batch and enqueue the files its plan says need scoring."""
+    """Record a batch and enqueue the files its plan says need scoring; a batch that enqueued
+    nothing is not kept (its id is still returned, with the skip count)."""
     batch = create_batch(redis, queue, source, opts)
     add_files(redis, queue, batch, opts, planned, timeout)
+    drop_if_empty(redis, batch)
     return batch
 
 
 def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tuple[int, list[str]]:
-    """Enqueue a batch's failed files again, as they are now; returns (count, files gone).
+    """Enqueue a batch's failed files again, and its files lost from the queue (their jobs were
+    removed: see dispatcher.lost), as they are now; returns (count, files gone).
 
     A big file is split again from its current size, with the batch's shard size.
     """
     failed = [as_text(f) for f in redis.hkeys(keys.batch_errors(batch_id))]
+    lost = find_lost(redis, batch_id)
+    redis.hdel(keys.batch(batch_id), "lost_found", "lost_checked_at")  # `velo status`'s count, now stale
     queue, shard_size = redis.hmget(keys.batch(batch_id), ["queue", "shard_size"])
     gone: list[str] = []
     by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)
-    for file in failed:
-        raw = redis.hget(keys.batch_jobs(batch_id), file)  # written by the worker that failed it
-        info = storage.head(file)
-        if raw is None or info is None:
+    for file in [*failed, *lost]:
+        payload = _failed_payload(redis, batch_id, file) if file not in lost else _lost_payload(redis, lost[file])
+        info = storage.head(file) if payload is not None else None
+        if payload is None or info is None:
             gone.append(file)
             continue
-        payload: Payload = json.loads(raw)
         payload.pop("shard", None)
         payload["input_version"] = info.version  # the user may have fixed the file
         group = sharding.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
@@ -275,6 +330,21 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
     count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
     return count, gone
+
+
+def _failed_payload(redis: Redis, batch_id: str, file: str) -> Payload | None:
+    raw = redis.hget(keys.batch_jobs(batch_id), file)  # written by the worker that failed it
+    return json.loads(raw) if raw is not None else None
+
+
+def _lost_payload(redis: Redis, job_ids: list[str]) -> Payload | None:
+    """A lost file's payload, from beside its removed jobs; their entries go (it gets new ones)."""
+    try:
+        payload = payloads.load(redis, job_ids[0])
+    except InputError:  # its options are gone too
+        payload = None
+    redis.hdel(keys.PAYLOADS, *job_ids)
+    return payload
 
 
 def _bounds(info: storage.ObjectInfo, shard_size: int, encoding: str) -> list[tuple[int, int]]:
@@ -318,6 +388,6 @@ def cancel(redis: Redis, queue: str, batch_ids: set[str], reason: str) -> int:
         p.pop("shard", None)
         files[p["input"]] = p
     for file, p in files.items():
+        redis.hset(keys.batch_jobs(p["batch"]), file, json.dumps(p))  # for `velo retry`; first: the batch may expire
         set_state(redis, p["batch"], file, FileState.FAILED, error=f"{file}: {reason}")
-        redis.hset(keys.batch_jobs(p["batch"]), file, json.dumps(p))  # for `velo retry`
     return len(files)

@@ -17,6 +17,8 @@ from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from dispatcher.enqueue import forget_expired
+from dispatcher.lost import CHECK_AFTER, RECHECK_AFTER, find_lost
 from velosiped import keys, payloads, settings
 from velosiped.connection import as_text, describe_connection, fail_fast
 from velosiped.errors import ConfigError
@@ -30,12 +32,17 @@ __all__ = ["batch_ids", "describe", "render", "view", "wait", "watch", "workers"
 
 
 def batch_ids(redis: Redis, limit: int = 20) -> list[str]:
-    """The newest batches first."""
+    """The newest batches first (batches expired since are forgotten first)."""
+    forget_expired(redis)
     return [as_text(b) for b in redis.zrevrange(keys.BATCHES, 0, limit - 1)]
 
 
-def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[str, Any] | None:
-    """A batch as ``velo status --json`` prints it, or None if Redis has no such batch."""
+def describe(redis: Redis, batch_id: str, with_failures: bool = True, lost: int | None = None) -> dict[str, Any] | None:
+    """A batch as ``velo status --json`` prints it, or None if Redis has no such batch.
+
+    ``lost``: how many of its files were found lost from the queue (see dispatcher.lost); None:
+    look for them if the batch is unfinished and has made no progress for a while.
+    """
     c = counters(redis, batch_id)
     if not c:
         return None
@@ -63,12 +70,38 @@ def describe(redis: Redis, batch_id: str, with_failures: bool = True) -> dict[st
         "seconds": round(seconds, 3),
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
         "finished": done + failed >= total,
+        "lost": lost if lost is not None else _lost_if_stalled(redis, batch_id, c),
         "eta_seconds": eta,
+        # A finished batch expires, keys and all, VELO_BATCH_RETENTION s after it finished.
+        "expires_in_seconds": _expires_in(redis, batch_id),
     }
     if with_failures:
         errors = redis.hgetall(keys.batch_errors(batch_id))
         out["failures"] = [{"file": as_text(f), "error": as_text(e)} for f, e in sorted(errors.items())]
     return out
+
+
+def _lost_if_stalled(redis: Redis, batch_id: str, c: dict[str, Any]) -> int:
+    """Files lost from the queue, looked for only once the batch made no progress for CHECK_AFTER s
+    (nothing finished, started or was enqueued since). A look walks the batch (about 1 s per
+    100,000 files), so its count is kept in the batch for RECHECK_AFTER s (`velo status --watch`)."""
+    if c.get("done", 0) + c.get("failed", 0) >= c.get("total", 0):
+        return 0
+    now = time.time()
+    last = max(float(c.get(k, 0) or 0) for k in ("created_at", "started_at", "updated_at"))
+    if now - last < CHECK_AFTER:
+        return 0
+    if now - float(c.get("lost_checked_at", 0) or 0) < RECHECK_AFTER:
+        return int(c.get("lost_found", 0))
+    found = len(find_lost(redis, batch_id))
+    redis.hset(keys.batch(batch_id), mapping={"lost_found": found, "lost_checked_at": f"{now:.3f}"})
+    return found
+
+
+def _expires_in(redis: Redis, batch_id: str) -> int | None:
+    """Seconds before the batch's keys expire; None while they do not (it is not finished)."""
+    ttl = int(redis.ttl(keys.batch(batch_id)))
+    return ttl if ttl >= 0 else None
 
 
 def workers(redis: Redis, queue: str) -> list[dict[str, Any]]:
@@ -88,16 +121,18 @@ def view(batches: list[dict[str, Any]], workers: list[dict[str, Any]] | None = N
     """One table row per batch, each failed file with its reason, then the workers (when given)."""
     table = Table(title="Velosiped batches")
     # scoring s: from the first file started to the last one finished (`velo run`'s wall s adds its start-up)
-    for col in ("batch", "total", "queued", "running", "done", "failed", "rows", "rows/s", "scoring s", "ETA"):
+    columns = ["batch", "total", "queued", "running", "done", "failed", "lost", "rows", "rows/s", "scoring s", "ETA"]
+    for col in [*columns, "expires"]:
         table.add_column(col, justify="left" if col == "batch" else "right", no_wrap=col == "batch")
     for b in batches:
         table.add_row(
             b["id"],
-            *(str(b[k]) for k in ("total", "queued", "running", "done", "failed")),
+            *(str(b.get(k, 0)) for k in ("total", "queued", "running", "done", "failed", "lost")),
             f"{b['rows']:,}",
             f"{b['rows_per_s']:,.0f}",
             f"{b['seconds']:.1f}",
             "-" if b["finished"] else "?" if b["eta_seconds"] is None else _duration(b["eta_seconds"]),
+            "-" if b.get("expires_in_seconds") is None else "in " + _duration(b["expires_in_seconds"]),
         )
     parts: list[Any] = [table]
     for b in batches:
@@ -155,9 +190,11 @@ def watch(
 
 
 def _duration(seconds: float) -> str:
-    """``45s``, ``3m05s``, ``2h07m``."""
+    """``45s``, ``3m05s``, ``2h07m``, ``6d23h``."""
     h, rest = divmod(round(seconds), 3600)
     m, s = divmod(rest, 60)
+    if h >= 48:
+        return f"{h // 24}d{h % 24:02d}h"
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
@@ -169,7 +206,8 @@ def wait(
     alive: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Show a progress bar of files and rows until the batch is finished (or ``alive()`` turns
-    False: the workers we started are gone); return the batch's description."""
+    False: the workers we started are gone, or every file left was lost from the queue); return
+    the batch's description (with ``lost``: files whose jobs were removed behind our back)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -181,9 +219,20 @@ def wait(
         task = progress.add_task(f"batch {batch_id}", total=None, rows=0, failed=0)
         probe = fail_fast(redis)  # polls fail at once, so the give-up clock below is the only one
         lost_since: float | None = None
+        # Lost jobs are looked for (a walk of the batch) only when nothing moved for a while,
+        # then less and less often while it stays still.
+        seen: tuple[Any, ...] = ()
+        still_since, check_after, lost = time.monotonic(), CHECK_AFTER, 0
         while True:
             try:
-                b = describe(probe, batch_id, with_failures=False) or {}
+                b = describe(probe, batch_id, with_failures=False, lost=lost) or {}
+                now = time.monotonic()
+                counts = tuple(b.get(k) for k in ("total", "queued", "running", "done", "failed", "rows"))
+                if counts != seen:  # progress: what was lost may have been retried; look again when still
+                    seen, still_since, check_after, lost = counts, now, CHECK_AFTER, 0
+                elif now - still_since >= check_after and not b.get("finished", True):
+                    lost = b["lost"] = len(find_lost(probe, batch_id))
+                    still_since, check_after = now, min(check_after * 2, 60.0)
                 lost_since = None
             except RedisError as e:  # a restarting Redis: keep waiting, with backoff, for a while
                 lost_since = lost_since or time.monotonic()
@@ -202,7 +251,9 @@ def wait(
                 rows=b.get("rows", 0),
                 failed=b.get("failed", 0),
             )
-            if b.get("finished", True) or not alive():
+            # Every file left is lost: nothing will move again until `velo retry`.
+            stuck = lost and b.get("done", 0) + b.get("failed", 0) + lost >= b.get("total", 0)
+            if b.get("finished", True) or stuck or not alive():
                 break
             time.sleep(poll)
-    return describe(redis, batch_id) or {}
+    return describe(redis, batch_id, lost=lost) or {}

@@ -7,7 +7,8 @@ import hashlib
 PREFIX = "velo:"
 
 BATCHES = PREFIX + "batches"
-"""Sorted set of batch ids, scored by creation time."""
+"""Sorted set of batch ids, scored by creation time; an expired batch's id is taken out lazily
+(dispatcher.enqueue.forget_expired, at `velo status` and at each new batch)."""
 
 
 PAYLOADS = PREFIX + "payloads"
@@ -15,17 +16,22 @@ PAYLOADS = PREFIX + "payloads"
 
 
 def options(digest: str) -> str:
-    """String: the options a dispatch gave every file, JSON, named by their SHA-256 (see velosiped.payloads)."""
+    """String: the options a dispatch gave every file, JSON, named by their SHA-256 (see velosiped.payloads).
+
+    Kept while their batch has work (the batch names them: its ``options`` field), expiring with it."""
     return f"{PREFIX}options:{digest}"
 
 
 def batch(batch_id: str) -> str:
-    """Hash of a batch's description and counters (queued, running, done, failed, rows, ...)."""
+    """Hash of a batch's description and counters (queued, running, done, failed, rows, ...), its
+    ``retention`` and ``options`` key. It and the batch's other keys expire ``retention`` s after
+    the batch finished (scripts/state.lua)."""
     return f"{PREFIX}batch:{batch_id}"
 
 
 def batch_files(batch_id: str) -> str:
-    """Hash: input URI -> state (queued, running, done, failed) of each file in a batch."""
+    """Hash: input URI -> state (queued, running, done, failed) of each file in a batch; a queued or
+    running file's names its jobs too: ``queued velo-…[,velo-…]`` (for files lost from the queue)."""
     return f"{PREFIX}batch:{batch_id}:files"
 
 

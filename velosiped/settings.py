@@ -16,6 +16,7 @@ from velosiped.errors import ConfigError
 
 __all__ = [
     "ALLOWED_PREFIXES",
+    "BATCH_RETENTION",
     "BLOCK_SIZE",
     "HEARTBEAT_TTL",
     "LOG_FORMAT",
@@ -189,3 +190,10 @@ S3_READ_TIMEOUT: Setting[float] = Setting(
 
 SHARD_SIZE: Setting[str] = Setting("VELO_SHARD_SIZE", "1GB", str, "e.g. 512MB, 1GB, or 0 (never split)")
 """`--shard-size`: plain CSVs above this size are split into shards scored by many workers."""
+
+BATCH_RETENTION: Setting[int] = Setting(
+    "VELO_BATCH_RETENTION", 7 * 24 * 3600, _positive(int), "seconds a finished batch stays in Redis"
+)
+"""Seconds a finished batch (its counters, files, errors) stays in Redis before it expires
+(default 604800: 7 days); a dispatch's shared options expire this long after their last enqueue.
+Read by the command that creates the batch and stored with it."""

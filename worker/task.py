@@ -264,12 +264,13 @@ def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
         storage.write_json(error_uri(p["output"]), record)
     except Exception as e:  # the reason still reaches `velo status`
         log.warning("%s: cannot write error file: %s", p["input"], e)
+    # For `velo retry`; written first, so it expires with the batch this failure may finish.
+    redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))
     if not set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason) and (
         get_state(redis, p["batch"], p["input"]) is FileState.DONE
     ):
         # Another run of this file succeeded meanwhile (a done file stays done): so does its output
         log.warning("%s; but it is done already, and that success stands", reason)
+        redis.hdel(keys.batch_jobs(p["batch"]), p["input"])
         shards.drop_stale_error(p)
-        return {"error": reason}
-    redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))  # for `velo retry`
     return {"error": reason}

@@ -1,13 +1,28 @@
 -- The one rule moving a file between states, included by every script that moves one
 -- (set_state.lua, enqueue.lua): a file moves queued -> running -> done | failed; a done file stays
 -- done; the batch's counters move with it, so a job run twice (at least once delivery) counts once.
+-- A queued or running file's value names its jobs too ('queued velo-a,velo-b'), so a file whose
+-- jobs were removed behind Velosiped's back (`rq empty`) can be found (dispatcher/lost.py).
+-- A batch whose files are all done or failed expires, keys and all, after its retention (the
+-- counters' 'retention' field, written at its creation), with its options ('options' names
+-- them: enqueue.lua); new work in it (retry, watch) keeps it.
 -- Returns 1 if the file moved, 0 if it was there already or is done.
-local function set_state(files, counters, errors, file, state, rows, err, now)
+local function set_state(files, counters, errors, jobs, file, state, rows, err, now, refs)
   local old = redis.call('HGET', files, file)
-  if old == state then return 0 end
-  if old == 'done' then return 0 end
-  redis.call('HSET', files, file, state)
-  if old then redis.call('HINCRBY', counters, old, -1) else redis.call('HINCRBY', counters, 'total', 1) end
+  local was = old and string.match(old, '^%a+')
+  local value = state
+  if state == 'queued' and refs and refs ~= '' then
+    value = state .. ' ' .. refs
+  elseif state == 'running' and old and #old > #was then
+    value = state .. string.sub(old, #was + 1) -- keeps the file's jobs
+  end
+  if was == state then
+    if old ~= value then redis.call('HSET', files, file, value) end -- enqueued again, new jobs
+    return 0
+  end
+  if was == 'done' then return 0 end
+  redis.call('HSET', files, file, value)
+  if was then redis.call('HINCRBY', counters, was, -1) else redis.call('HINCRBY', counters, 'total', 1) end
   redis.call('HINCRBY', counters, state, 1)
   if state == 'done' then
     redis.call('HINCRBY', counters, 'rows', rows)
@@ -19,5 +34,15 @@ local function set_state(files, counters, errors, file, state, rows, err, now)
     redis.call('HSET', counters, 'started_at', now)
   end
   if state == 'done' or state == 'failed' then redis.call('HSET', counters, 'updated_at', now) end
+  local c = redis.call('HMGET', counters, 'total', 'done', 'failed', 'retention', 'options')
+  local all = {files, counters, errors, jobs}
+  if c[5] then all[5] = c[5] end -- (a missing field is false, not nil)
+  if (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0) >= (tonumber(c[1]) or 0) then
+    -- 604800: settings.BATCH_RETENTION's default, for a batch created before retention existed
+    local retention = tonumber(c[4]) or 604800
+    for _, key in ipairs(all) do redis.call('EXPIRE', key, retention) end
+  elseif redis.call('PTTL', counters) > 0 then -- finished, now given new work
+    for _, key in ipairs(all) do redis.call('PERSIST', key) end
+  end
   return 1
 end
