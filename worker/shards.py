@@ -217,8 +217,7 @@ def _assemble(redis: Redis, p: Payload) -> int | None:
 
 def _finish(redis: Redis, p: Payload, total: int) -> None:
     """After assembly (maybe by another job): lineage, no stale error, done in the batch, no parts."""
-    if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
-        storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(total)})
+    storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(total)})
     set_state(redis, p["batch"], p["input"], FileState.DONE, rows=total)
     drop_stale_error(p)  # after DONE: see worker.task._score_payload
     _clean(p)

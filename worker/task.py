@@ -170,8 +170,7 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         if p.get("shard"):
             return shards.score(p, model, redis)
         rows = _score_whole(p, model)
-        if not storage.is_s3(p["output"]):  # local folders have no object metadata: a sidecar holds it
-            storage.write_json(p["output"] + storage.LINEAGE_SUFFIX, {**lineage(p), "velo-rows": str(rows)})
+        storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows)})
         return rows, rows
     except JobTimeoutException:
         raise

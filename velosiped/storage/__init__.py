@@ -59,6 +59,7 @@ __all__ = [
     "translate",
     "write_atomic",
     "write_json",
+    "write_lineage",
 ]
 
 WINDOW = 64 * 1024
@@ -186,6 +187,12 @@ def read_json(uri: str) -> dict[str, Any] | None:
 def read_lineage(output_uri: str) -> dict[str, str] | None:
     """What made an existing output (S3 object metadata, or the local sidecar), or None."""
     return get_transport(output_uri).read_lineage(output_uri)
+
+
+def write_lineage(output_uri: str, lineage: dict[str, str]) -> None:
+    """Record what made ``output_uri``, just written, where the store cannot keep it with the object
+    (a local sidecar; S3 object metadata holds it already)."""
+    get_transport(output_uri).write_lineage(output_uri, lineage)
 
 
 def delete(uri: str) -> None:

@@ -108,6 +108,11 @@ class LocalTransport:
         meta = self.read_json(output_uri + LINEAGE_SUFFIX)
         return {k: str(v) for k, v in meta.items()} if meta else None
 
+    def write_lineage(self, output_uri: str, lineage: dict[str, str]) -> None:
+        # A local file has no object metadata: a sidecar beside it holds its lineage.
+        with self.write_atomic(output_uri + LINEAGE_SUFFIX) as out:
+            out.write(json.dumps(lineage, indent=2, sort_keys=True).encode() + b"\n")
+
     def delete(self, uri: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(uri)

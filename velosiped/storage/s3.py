@@ -300,6 +300,9 @@ class S3Transport:
         meta = self._head(output_uri)
         return None if meta is None else dict(meta.get("Metadata", {}))
 
+    def write_lineage(self, output_uri: str, lineage: dict[str, str]) -> None:
+        pass  # the object's own metadata holds it, written with the object (write_atomic, compose)
+
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)
         with self._errors(uri):
