@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import botocore.exceptions
 from threadpoolctl import threadpool_limits
@@ -21,7 +21,6 @@ from threadpoolctl import threadpool_limits
 from velosiped import settings, storage
 from velosiped.access import MODEL_PREFIXES_ENV, check_prefix
 from velosiped.errors import InputError, VeloError
-from velosiped.models import sha256_file
 from worker import metrics
 
 __all__ = ["load", "loads"]
@@ -34,7 +33,8 @@ CACHE_DIR_ENV = settings.MODEL_CACHE.env
 CACHE_SIZE = 2
 """Model versions kept loaded per process (two, so alternating batches do not reload)."""
 
-_cache: dict[tuple[str, str], Any] = {}
+_cache: dict[tuple[str, str], tuple[Any, str]] = {}
+"""(URI, version) -> (the model, the SHA-256 of the very bytes it was unpickled from)."""
 loads = 0
 """How many times this process unpickled a model (the cache is meant to keep it at one per version)."""
 
@@ -106,6 +106,18 @@ def _local_copy(uri: str, version: str) -> str:
     return path
 
 
+def _sha256_of(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_pin(uri: str, digest: str, sha256: str | None) -> None:
+    if sha256 and digest != sha256.lower().removeprefix("sha256:"):
+        raise InputError(f"{uri}: model digest sha256:{digest} does not match --model-sha256 {sha256}")
+
+
 def load(uri: str, version: str, sha256: str | None = None) -> Any:
     """The model at ``uri`` as of ``version``, from this process's cache after the first load.
 
@@ -114,23 +126,28 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
         InputError: the model changed since dispatch, its digest does not match, or it does not load.
     """
     key = (uri, version)
-    if key in _cache:
-        return _cache[key]
+    if key in _cache:  # every job's pin is checked, a model loaded without one (or preloaded) too
+        model, digest = _cache[key]
+        _check_pin(uri, digest, sha256)
+        return model
     check_prefix(uri, MODEL_PREFIXES_ENV, "model")
     path = _local_copy(uri, version)
-    digest = sha256_file(path)
-    if sha256 and digest != sha256.lower():
-        raise InputError(f"{uri}: model digest sha256:{digest} does not match --model-sha256 {sha256}")
-    if version.startswith("sha256:") and version != "sha256:" + digest:
-        raise InputError(f"{uri}: model changed since dispatch; dispatch again to use the new version")
     global loads
     started = time.perf_counter()
-    try:
-        import joblib  # and scikit-learn with it: only where a model is loaded
+    # One open file, hashed then unpickled: a model swapped in by a rename after the hash (a new
+    # file at the path) is never the one loaded. The pin is checked before any byte is unpickled.
+    with open(path, "rb") as f:
+        digest = _sha256_of(f)
+        _check_pin(uri, digest, sha256)
+        if version.startswith("sha256:") and version != "sha256:" + digest:
+            raise InputError(f"{uri}: model changed since dispatch; dispatch again to use the new version")
+        f.seek(0)
+        try:
+            import joblib  # and scikit-learn with it: only where a model is loaded
 
-        model = joblib.load(path)
-    except Exception as e:
-        raise InputError(f"{uri}: cannot load model ({type(e).__name__}: {e})") from e
+            model = joblib.load(f)
+        except Exception as e:
+            raise InputError(f"{uri}: cannot load model ({type(e).__name__}: {e})") from e
     if not hasattr(model, "predict"):
         raise InputError(f"{uri}: model of type {type(model).__name__} has no predict method")
     loads += 1
@@ -140,6 +157,6 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
     log.info("%6.2fs model %s (%s) loaded", seconds, uri, version[:19])
     while len(_cache) >= CACHE_SIZE:  # drop the oldest: a new version replaces an old one
         _cache.pop(next(iter(_cache)))
-    _cache[key] = model
+    _cache[key] = (model, digest)
     release_freed_memory()  # after the eviction, so the dropped model's pages go back too
     return model

@@ -295,6 +295,34 @@ def test_model_sha256_mismatch_fails_the_job_before_unpickling(s3, clean_redis, 
     assert not marker.exists(), "the booby-trapped model was unpickled"
 
 
+def test_a_pin_is_checked_for_every_job_even_when_the_worker_holds_the_model_already(
+    s3, clean_redis, velo, start_velo, tmp_path
+):
+    # Given a worker that preloaded a model from the bucket without a pin (velo worker --model)
+    model = fit_model()
+    s3.put("models/m.joblib", model_bytes(model))
+    s3.put("in/1.csv", csv_bytes(make_frame(6, seed=12)))
+    env = {"VELO_MODEL_CACHE": str(tmp_path / "cache")}
+    worker = start_velo("worker", "--redis", clean_redis, "--model", s3.uri("models/m.joblib"), env=env)
+    wrong = hashlib.sha256(b"another model").hexdigest()
+
+    # When a batch names the same model pinned to another digest
+    args = ["dispatch", s3.uri("in/"), "--model", s3.uri("models/m.joblib"), "--redis", clean_redis, "--wait"]
+    result = velo(*args, "--model-sha256", wrong, timeout=60)
+
+    # Then the pin is checked against the bytes the worker loaded: the file fails, nothing is written
+    assert result.returncode == 1, velo.describe(result) + "\n" + worker.describe()
+    [failure] = batch_status(velo, clean_redis, find_dispatch_line(result.stdout)[0])["failures"]
+    assert "does not match --model-sha256" in failure["error"], failure
+    assert not s3.exists("in/1.out.csv")
+
+    # And the right pin scores it, from the same loaded model (--force: the file "failed before")
+    right = hashlib.sha256(model_bytes(model)).hexdigest()
+    assert velo(*args, "--model-sha256", right, "--force", timeout=60).returncode == 0
+    assert s3.exists("in/1.out.csv")
+    assert worker.poll() is None, worker.describe()
+
+
 @pytest.mark.timeout(90)
 def test_model_outside_velo_model_prefixes_is_never_unpickled(clean_redis, velo, start_velo, tmp_path):
     # Given workers that trust models only under trusted/, and a booby-trapped model elsewhere
