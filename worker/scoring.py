@@ -27,7 +27,7 @@ from velosiped import settings, storage
 from velosiped.errors import InputError, TransientError
 from velosiped.storage import MAX_HEADER
 
-__all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "is_parquet", "score_stream"]
+__all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "QuotedLineBreaks", "is_parquet", "score_stream"]
 
 BLOCK_SIZE = settings.BLOCK_SIZE.default
 """The default bytes of CSV parsed per block (``settings.BLOCK_SIZE``, env VELO_BLOCK_SIZE)."""
@@ -46,6 +46,14 @@ class Dialect:
 
     sep: str = ","
     encoding: str = "utf-8"
+    newlines_in_values: bool = False
+    """Quoted fields may hold line breaks: pyarrow then finds block ends by tracking quotes, which
+    is slower, so it is chosen only for a file found to need it (see :class:`QuotedLineBreaks`)."""
+
+
+class QuotedLineBreaks(InputError):
+    """The file holds quoted fields with line breaks across a parser block: read it again with
+    ``Dialect.newlines_in_values`` (a whole file can; a shard cannot)."""
 
 
 def is_parquet(uri: str) -> bool:
@@ -223,7 +231,7 @@ def _csv_blocks(src: IO[bytes], name: str, dialect: Dialect, block_size: int) ->
         reader = pacsv.open_csv(
             _native(src) or _Replay(head, src),
             read_options=pacsv.ReadOptions(block_size=block_size, encoding=dialect.encoding),
-            parse_options=pacsv.ParseOptions(delimiter=dialect.sep),
+            parse_options=pacsv.ParseOptions(delimiter=dialect.sep, newlines_in_values=dialect.newlines_in_values),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in header},
                 strings_can_be_null=False,
@@ -231,8 +239,15 @@ def _csv_blocks(src: IO[bytes], name: str, dialect: Dialect, block_size: int) ->
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise InputError(f"{name}: {_one_line(e)}") from e
+        raise _csv_error(f"{name}: {_one_line(e)}", e) from e
     return header, _arrow_blocks(reader, name), None
+
+
+def _csv_error(message: str, error: BaseException) -> InputError:
+    """pyarrow's parse error as Velosiped's; the one quoted line breaks cause is told apart."""
+    if "out of sync with chunker" in str(error):
+        return QuotedLineBreaks(message)
+    return InputError(message)
 
 
 def _arrow_blocks(reader: Any, name: str) -> Iterator[pa.RecordBatch]:
@@ -243,7 +258,7 @@ def _arrow_blocks(reader: Any, name: str) -> Iterator[pa.RecordBatch]:
         except StopIteration:
             return
         except pa.ArrowInvalid as e:
-            raise InputError(f"{name}: after row {rows}: {_one_line(e)}") from e
+            raise _csv_error(f"{name}: after row {rows}: {_one_line(e)}", e) from e
         rows += batch.num_rows
         yield batch
 

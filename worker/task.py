@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,7 +23,7 @@ from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
 from velosiped.state import FileState, get_state, set_state
 from velosiped.storage.base import causes
 from worker import backoff, metrics, models, shards
-from worker.scoring import Dialect, is_parquet, score_stream
+from worker.scoring import Dialect, QuotedLineBreaks, is_parquet, score_stream
 
 __all__ = ["on_job_failure", "score"]
 
@@ -201,6 +202,15 @@ def _classify(p: Payload, error: Exception) -> Exception:
 
 
 def _score_whole(p: Payload, model: Any) -> int:
+    dialect = Dialect(p["sep"], p["encoding"])
+    try:
+        return _score_whole_as(p, model, dialect)
+    except QuotedLineBreaks:  # the output was not written: read the file again, tracking quotes
+        log.info("%s: quoted fields hold line breaks; reading it again with them in mind", p["input"])
+        return _score_whole_as(p, model, replace(dialect, newlines_in_values=True))
+
+
+def _score_whole_as(p: Payload, model: Any, dialect: Dialect) -> int:
     with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], lineage(p)) as dst:
         return score_stream(
             src,
@@ -210,7 +220,7 @@ def _score_whole(p: Payload, model: Any) -> int:
             keep=p["keep"],
             proba=p["proba"],
             features=p["features"],
-            dialect=Dialect(p["sep"], p["encoding"]),
+            dialect=dialect,
             parquet=is_parquet(p["input"]),
         )
 

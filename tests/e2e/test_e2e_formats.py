@@ -8,7 +8,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_output_matches, dump_model, expected_output, fit_model, make_frame, parse_dispatch
+from helpers import (
+    assert_output_matches,
+    csv_bytes,
+    dump_model,
+    expected_output,
+    fit_model,
+    make_frame,
+    parse_dispatch,
+    read_output,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -91,3 +100,27 @@ def test_outputs_and_error_files_on_s3_carry_their_content_type(s3, clean_redis,
         "in/p.out.parquet": ("application/vnd.apache.parquet", None),
         "in/bad.out.csv.error.json": ("application/json", None),
     }
+
+
+def test_quoted_line_breaks_in_a_whole_file_of_any_size_are_scored(s3, clean_redis, velo, tmp_path):
+    # Given CSVs whose quoted fields hold line breaks, far bigger than one parser block, local and on S3
+    model = fit_model()
+    model_path = dump_model(model, tmp_path / "m.joblib")
+    frame = make_frame(3000, seed=4)
+    frame["note"] = [f"line one\nline two, row {i}" for i in range(len(frame))]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "1.csv").write_bytes(csv_bytes(frame))
+    s3.put("quoted/1.csv", csv_bytes(frame))
+    small_blocks = {"VELO_BLOCK_SIZE": "4096"}  # ~70 blocks: the chunker meets line breaks in quotes
+
+    # When each is scored whole (--shard-size 0, the remedy the shard error names)
+    local = velo("run", data, "--model", model_path, "--workers", "1", "--shard-size", "0", env=small_blocks)
+    remote = velo(
+        "run", s3.uri("quoted/"), "--model", model_path, "--workers", "1", "--shard-size", "0", env=small_blocks
+    )
+
+    # Then every row comes out, its line breaks kept, exactly as a clean read gives them
+    for result, output in ((local, (data / "1.out.csv").read_bytes()), (remote, s3.get("quoted/1.out.csv"))):
+        assert result.returncode == 0, velo.describe(result)
+        assert_output_matches(read_output(output), expected_output(frame, model))
