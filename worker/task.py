@@ -211,8 +211,13 @@ def _score_whole(p: Payload, model: Any) -> int:
 
 
 def _score_whole_as(p: Payload, model: Any, dialect: Dialect) -> int:
-    with storage.open_read(p["input"]) as src, storage.write_atomic(p["output"], lineage(p)) as dst:
-        return score_stream(
+    # The input is read at the version dispatched, and still that version when its output is kept:
+    # an output is never labelled with a version it was not made from.
+    with (
+        storage.open_read(p["input"], p["input_version"]) as src,
+        storage.write_atomic(p["output"], lineage(p)) as dst,
+    ):
+        rows = score_stream(
             src,
             dst,
             model,
@@ -223,6 +228,8 @@ def _score_whole_as(p: Payload, model: Any, dialect: Dialect) -> int:
             dialect=dialect,
             parquet=is_parquet(p["input"]),
         )
+        storage.check_unchanged(p["input"], p["input_version"])  # inside: a changed input keeps no output
+        return rows
 
 
 def _shard_scored(p: Payload, job: Job, redis: Redis, rows: int, total: int | None, started: float) -> dict[str, Any]:

@@ -75,3 +75,51 @@ def test_dry_run_explains_each_file_and_force_redoes_everything(s3, clean_redis,
     # And with the same model and options, nothing
     assert plan() == ({one: "already done", two: "already done"}, (0, 2))
     assert redis_client.llen(QUEUE_KEY) == 0
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_an_input_replaced_after_dispatch_is_never_scored_under_the_old_version(where, s3, clean_redis, velo, tmp_path):
+    # Given a file dispatched (no worker yet), then replaced by new content
+    model = fit_model()
+    model_path = dump_model(model, tmp_path / "model.joblib")
+    old, new = make_frame(10, seed=71), make_frame(14, seed=72)
+    if where == "s3":
+        source, output = s3.uri("in/"), s3.uri("in/1.out.csv")
+        s3.put("in/1.csv", csv_bytes(old))
+
+        def replace_input() -> None:
+            s3.put("in/1.csv", csv_bytes(new))
+
+        def read() -> bytes | None:
+            return s3.get("in/1.out.csv") if s3.exists("in/1.out.csv") else None
+    else:
+        folder = tmp_path / "in"
+        folder.mkdir()
+        source, output = str(folder), str(folder / "1.out.csv")
+        (folder / "1.csv").write_bytes(csv_bytes(old))
+
+        def replace_input() -> None:
+            (folder / "1.csv").write_bytes(csv_bytes(new))
+
+        def read() -> bytes | None:
+            path = folder / "1.out.csv"
+            return path.read_bytes() if path.exists() else None
+
+    dispatch = ["dispatch", source, "--model", model_path, "--redis", clean_redis]
+    assert parse_dispatch(velo(*dispatch, check=0).stdout)[1] == 1
+    replace_input()
+
+    # When a worker takes the job
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+
+    # Then the file fails as changed since dispatch, and no output carries the old version's label
+    batch = velo("status", "--json", "--redis", clean_redis, check=0)
+    assert '"failed": 1' in batch.stdout and "changed since it was dispatched" in batch.stdout, batch.stdout
+    assert read() is None, f"{output} was written from bytes it was not dispatched at"
+
+    # And the next dispatch plans it again, and its output is the new content's
+    assert parse_dispatch(velo(*dispatch, check=0).stdout)[1] == 1
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+    data = read()
+    assert data is not None
+    assert_output_matches(read_output(data), expected_output(new, model))

@@ -38,6 +38,7 @@ __all__ = [
     "S3_PART_SIZE",
     "ObjectInfo",
     "Transport",
+    "check_unchanged",
     "client",
     "compose",
     "delete",
@@ -159,9 +160,17 @@ def head(uri: str) -> ObjectInfo | None:
     return get_transport(uri).head(uri)
 
 
-def open_read(uri: str) -> IO[bytes]:
-    """A streaming binary reader, decompressed by extension (``.gz``); memory does not grow with size."""
-    return get_transport(uri).open_read(uri)
+def open_read(uri: str, version: str | None = None) -> IO[bytes]:
+    """A streaming binary reader, decompressed by extension (``.gz``); memory does not grow with size.
+
+    With ``version``, only that version is read: another fails with "changed since it was dispatched".
+    """
+    return get_transport(uri).open_read(uri, version)
+
+
+def check_unchanged(uri: str, version: str) -> None:
+    """Raise "changed since it was dispatched" if ``uri`` is no longer ``version``."""
+    get_transport(uri).check_unchanged(uri, version)
 
 
 def write_atomic(uri: str, metadata: dict[str, str] | None = None) -> contextlib.AbstractContextManager[IO[bytes]]:

@@ -51,7 +51,9 @@ class LocalTransport:
     def head(self, uri: str) -> ObjectInfo | None:
         return _info(uri) if os.path.isfile(uri) else None
 
-    def open_read(self, uri: str) -> IO[bytes]:
+    def open_read(self, uri: str, version: str | None = None) -> IO[bytes]:
+        if version is not None:
+            self.check_unchanged(uri, version)
         try:
             if uri.endswith(".gz"):
                 return cast(IO[bytes], gzip.open(uri, "rb"))
@@ -62,6 +64,14 @@ class LocalTransport:
             return open(uri, "rb")
         except OSError as e:
             raise InputError(f"{uri}: cannot open ({e.strerror or e})") from e
+
+    def check_unchanged(self, uri: str, version: str) -> None:
+        try:
+            st = os.stat(uri)
+        except OSError as e:
+            raise InputError(f"{uri}: cannot open ({e.strerror or e})") from e
+        if f"mtime:{st.st_mtime_ns}:size:{st.st_size}" != version:
+            raise changed(uri)
 
     def open_range(self, uri: str, version: str, start: int, end: int) -> IO[bytes]:
         try:

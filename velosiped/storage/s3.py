@@ -129,6 +129,8 @@ def _client_error(uri: str, error: botocore.exceptions.ClientError) -> VeloError
         return StorageError(f"{uri}: access denied by S3 ({code}); check the credentials and bucket policy")
     if code in _MISSING_CODES:
         return InputError(f"{uri}: no such object")
+    if code in {"PreconditionFailed", "412"}:  # a read pinned to a version (IfMatch) met another
+        return changed(uri)
     return InputError(f"{uri}: S3 error {code}: {message}")
 
 
@@ -236,11 +238,20 @@ class S3Transport:
         meta = self._head(uri)
         return None if meta is None else ObjectInfo(uri, "etag:" + meta["ETag"].strip('"'), meta["ContentLength"])
 
-    def open_read(self, uri: str) -> IO[bytes]:
+    def open_read(self, uri: str, version: str | None = None) -> IO[bytes]:
         import smart_open  # here, like boto3: commands that read no S3 object start faster
 
+        params: dict[str, Any] = {"client": client()}
+        if version is not None and version.startswith("etag:"):
+            # Every GET of the object (smart_open reconnects at an offset after a dropped stream)
+            # asks for the dispatched version: a replaced object fails the read, never mixes in.
+            match = '"' + version.removeprefix("etag:") + '"'
+            params["client_kwargs"] = {"S3.Client.get_object": {"IfMatch": match}}
         with self._errors(uri):
-            return smart_open.open(uri, "rb", transport_params={"client": client()})
+            return smart_open.open(uri, "rb", transport_params=params)
+
+    def check_unchanged(self, uri: str, version: str) -> None:
+        pass  # every read was pinned to the version (open_read, open_range)
 
     def _get_range(self, uri: str, version: str, start: int, end: int) -> Any:
         """Body of bytes [start, end) if the object is still ``version`` (else the file fails); None past its end."""
