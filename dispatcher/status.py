@@ -219,20 +219,11 @@ def wait(
         task = progress.add_task(f"batch {batch_id}", total=None, rows=0, failed=0)
         probe = fail_fast(redis)  # polls fail at once, so the give-up clock below is the only one
         lost_since: float | None = None
-        # Lost jobs are looked for (a walk of the batch) only when nothing moved for a while,
-        # then less and less often while it stays still.
-        seen: tuple[Any, ...] = ()
-        still_since, check_after, lost = time.monotonic(), CHECK_AFTER, 0
+        watch = _LostWatch()
         while True:
             try:
-                b = describe(probe, batch_id, with_failures=False, lost=lost) or {}
-                now = time.monotonic()
-                counts = tuple(b.get(k) for k in ("total", "queued", "running", "done", "failed", "rows"))
-                if counts != seen:  # progress: what was lost may have been retried; look again when still
-                    seen, still_since, check_after, lost = counts, now, CHECK_AFTER, 0
-                elif now - still_since >= check_after and not b.get("finished", True):
-                    lost = b["lost"] = len(find_lost(probe, batch_id))
-                    still_since, check_after = now, min(check_after * 2, 60.0)
+                b = describe(probe, batch_id, with_failures=False, lost=watch.lost) or {}
+                b["lost"] = watch.update(probe, batch_id, b)
                 lost_since = None
             except RedisError as e:  # a restarting Redis: keep waiting, with backoff, for a while
                 lost_since = lost_since or time.monotonic()
@@ -252,8 +243,30 @@ def wait(
                 failed=b.get("failed", 0),
             )
             # Every file left is lost: nothing will move again until `velo retry`.
-            stuck = lost and b.get("done", 0) + b.get("failed", 0) + lost >= b.get("total", 0)
+            stuck = watch.lost and b.get("done", 0) + b.get("failed", 0) + watch.lost >= b.get("total", 0)
             if b.get("finished", True) or stuck or not alive():
                 break
             time.sleep(poll)
-    return describe(redis, batch_id, lost=lost) or {}
+    return describe(redis, batch_id, lost=watch.lost) or {}
+
+
+class _LostWatch:
+    """When a waiting command looks for files lost from the queue: a walk of the batch, so only
+    once nothing moved for ``CHECK_AFTER`` seconds, then less and less often while it stays still."""
+
+    def __init__(self) -> None:
+        self.seen: tuple[Any, ...] = ()
+        self.still_since = time.monotonic()
+        self.check_after = CHECK_AFTER
+        self.lost = 0
+
+    def update(self, redis: Redis, batch_id: str, b: dict[str, Any]) -> int:
+        """The files lost as last counted, after a new count if it is time for one."""
+        now = time.monotonic()
+        counts = tuple(b.get(k) for k in ("total", "queued", "running", "done", "failed", "rows"))
+        if counts != self.seen:  # progress: what was lost may have been retried; look again when still
+            self.seen, self.still_since, self.check_after, self.lost = counts, now, CHECK_AFTER, 0
+        elif now - self.still_since >= self.check_after and not b.get("finished", True):
+            self.lost = len(find_lost(redis, batch_id))
+            self.still_since, self.check_after = now, min(self.check_after * 2, 60.0)
+        return self.lost
