@@ -252,6 +252,22 @@ def _fields(p: Payload, job: Job, started: float, **more: Any) -> dict[str, Any]
     return {"batch": p["batch"], "file": p["input"], "job_id": job.id, "seconds": seconds, **more}
 
 
+def _drop_outdated_output(p: Payload) -> None:
+    """The input as it is now failed: an output Velosiped made from an older version of it goes, so
+    no reader takes it for the current one (whole or absent holds for the current version)."""
+    made = storage.read_lineage(p["output"]) or {}
+    old = made.get("velo-input-version")
+    if old is None or old == p["input_version"]:
+        return  # not ours, or made from this very version (a late failure of a done file)
+    now = storage.head(p["input"])
+    if now is None or now.version != p["input_version"]:
+        return  # the input changed again since: this failure says nothing of its current version
+    storage.delete(p["output"])
+    if not storage.is_s3(p["output"]):  # its lineage sidecar goes with it
+        storage.delete(p["output"] + storage.LINEAGE_SUFFIX)
+    log.warning("%s: its output, made from an older version, is removed", p["input"])
+
+
 def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
     """Record the file's failure; ``kind`` (see :data:`velosiped.jobs.FAILED_FOR_GOOD`) tells the
     next dispatch whether to try it again."""
@@ -276,8 +292,9 @@ def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
         "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        check_path(p["output"])  # a refused path gets no error file either
+        check_path(p["output"])  # a refused path gets no error file either, and nothing deleted
         storage.write_json(error_uri(p["output"]), record)
+        _drop_outdated_output(p)
     except Exception as e:  # the reason still reaches `velo status`
         log.warning("%s: cannot write error file: %s", p["input"], e)
     # For `velo retry`; written first, so it expires with the batch this failure may finish.

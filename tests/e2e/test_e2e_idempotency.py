@@ -123,3 +123,37 @@ def test_an_input_replaced_after_dispatch_is_never_scored_under_the_old_version(
     data = read()
     assert data is not None
     assert_output_matches(read_output(data), expected_output(new, model))
+
+
+def test_a_new_version_that_fails_removes_the_older_output_and_is_failed_before_until_it_changes(
+    clean_redis, velo, tmp_path
+):
+    # Given a file scored, then replaced by a version the model cannot score (a feature column gone)
+    model = fit_model()
+    model_path = dump_model(model, tmp_path / "model.joblib")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source, output = folder / "1.csv", folder / "1.out.csv"
+    source.write_bytes(csv_bytes(make_frame(10, seed=81)))
+    dispatch = ["dispatch", folder, "--model", model_path, "--redis", clean_redis]
+    velo(*dispatch, check=0)
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+    assert output.exists()
+    source.write_bytes(csv_bytes(make_frame(10, seed=82).drop(columns="f1")))
+
+    # When the new version is dispatched and fails
+    assert parse_dispatch(velo(*dispatch, check=0).stdout)[1] == 1
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+
+    # Then the older output is gone (no reader takes it for the current version), the reason is beside it
+    assert not output.exists(), "an output made from the older version stayed beside the failure"
+    assert not (folder / "1.out.csv.velo.json").exists()
+    assert "missing feature columns: f1" in (folder / "1.out.csv.error.json").read_text()
+
+    # And the failed version is not run again on every dispatch, until it changes
+    steps, would, skipped = parse_dry_run(velo(*dispatch, "--dry-run", check=0).stdout)
+    assert (would, skipped) == (0, 1) and steps[str(source)][0] == "failed before", steps
+    source.write_bytes(csv_bytes(make_frame(10, seed=83)))
+    assert parse_dispatch(velo(*dispatch, check=0).stdout)[1] == 1
+    velo("worker", "--burst", "--redis", clean_redis, check=0)
+    assert_output_matches(read_output(output), expected_output(make_frame(10, seed=83), model))
