@@ -564,3 +564,19 @@ def fault_proxy(s3_endpoint: str) -> Iterator:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture
+def model():
+    """A fitted model (helpers.fit_model's default), for the tests that score with one."""
+    from helpers import fit_model
+
+    return fit_model()
+
+
+@pytest.fixture
+def model_path(model, tmp_path):
+    """`model` dumped with joblib in this test's folder."""
+    from helpers import dump_model
+
+    return dump_model(model, tmp_path / "model" / "model.joblib")

@@ -16,10 +16,8 @@ from helpers import (
     assert_output_matches,
     batch_status,
     csv_bytes,
-    dump_model,
     expected_output,
     find_dispatch_line,
-    fit_model,
     make_frame,
     model_bytes,
     read_output,
@@ -50,16 +48,6 @@ def through(proxy, **extra: str) -> dict[str, str]:
 def key_path(key: str) -> str:
     """The proxy's path regex for one object of the test bucket, with or without a query."""
     return r"^/velo-test/" + key.replace(".", r"\.") + r"(\?|$)"
-
-
-@pytest.fixture
-def model():
-    return fit_model()
-
-
-@pytest.fixture
-def model_path(model, tmp_path):
-    return dump_model(model, tmp_path / "model" / "model.joblib")
 
 
 def run(velo, s3, redis_url, proxy, model_uri, env=None) -> tuple[str, dict, object]:

@@ -25,10 +25,8 @@ from helpers import (
     assert_output_matches,
     batch_status,
     csv_bytes,
-    dump_model,
     expected_output,
     find_dispatch_line,
-    fit_model,
     is_sidecar,
     kill_group,
     make_frame,
@@ -78,16 +76,6 @@ def velo_queue(url: str, name: str = "velo") -> Queue:
 
 def describe_all(*procs) -> str:
     return "\n".join(p.describe() for p in procs)
-
-
-@pytest.fixture
-def model():
-    return fit_model()
-
-
-@pytest.fixture
-def model_path(model, tmp_path):
-    return dump_model(model, tmp_path / "model" / "model.joblib")
 
 
 @pytest.fixture

@@ -57,11 +57,6 @@ def the_batch(status: dict, batch_id: str) -> dict:
 
 
 @pytest.fixture
-def model():
-    return fit_model()
-
-
-@pytest.fixture
 def local_model(model, tmp_path):
     return dump_model(model, tmp_path / "model.joblib")
 

@@ -18,8 +18,6 @@ import pytest
 from helpers import (
     batch_status,
     csv_bytes,
-    dump_model,
-    fit_model,
     is_sidecar,
     kill_group,
     make_frame,
@@ -49,16 +47,6 @@ def whole(data: bytes, model, **options) -> bytes:
     out = io.BytesIO()
     score_stream(io.BytesIO(data), out, model, name="x", **options)
     return out.getvalue()
-
-
-@pytest.fixture
-def model():
-    return fit_model()
-
-
-@pytest.fixture
-def model_path(model, tmp_path):
-    return dump_model(model, tmp_path / "model" / "model.joblib")
 
 
 def test_local_big_file_over_two_processes_equals_the_unsharded_run(velo, clean_redis, tmp_path, model_path):
