@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import BinaryIO
 
 from velosiped import storage
 from velosiped.errors import ConfigError
 
-__all__ = ["sha256_file", "version_of"]
+__all__ = ["sha256_file", "sha256_of", "version_of"]
+
+
+def sha256_of(f: BinaryIO) -> str:
+    """The SHA-256 of what is left to read in ``f``, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_of(f)
 
 
 def version_of(uri: str) -> str:

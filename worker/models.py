@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import botocore.exceptions
 from threadpoolctl import threadpool_limits
@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from velosiped import settings, storage
 from velosiped.access import MODEL_PREFIXES_ENV, check_prefix
 from velosiped.errors import InputError, VeloError
+from velosiped.models import sha256_of
 from worker import metrics
 
 __all__ = ["load", "loads"]
@@ -106,13 +107,6 @@ def _local_copy(uri: str, version: str) -> str:
     return path
 
 
-def _sha256_of(f: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := f.read(1 << 20):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_pin(uri: str, digest: str, sha256: str | None) -> None:
     if sha256 and digest != sha256.lower().removeprefix("sha256:"):
         raise InputError(f"{uri}: model digest sha256:{digest} does not match --model-sha256 {sha256}")
@@ -137,7 +131,7 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
     # One open file, hashed then unpickled: a model swapped in by a rename after the hash (a new
     # file at the path) is never the one loaded. The pin is checked before any byte is unpickled.
     with open(path, "rb") as f:
-        digest = _sha256_of(f)
+        digest = sha256_of(f)
         _check_pin(uri, digest, sha256)
         if version.startswith("sha256:") and version != "sha256:" + digest:
             raise InputError(f"{uri}: model changed since dispatch; dispatch again to use the new version")
