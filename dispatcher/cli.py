@@ -19,6 +19,7 @@ import redis
 from rich.table import Table
 
 from dispatcher import status as status_mod
+from dispatcher.adopt import adopt
 from dispatcher.enqueue import (
     Batch,
     add_files,
@@ -191,6 +192,10 @@ def run(
             assert batch is not None  # not a dry run
             alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
             waited = status_mod.wait(conn, batch.id, err_console, alive=alive) if batch.enqueued else {}
+            held = sum(p.reason == "already queued" for p in batch.planned)
+            adopted = adopt(conn, queue, batch, opts, timeout, err_console, alive)
+            if adopted.requeued:
+                waited = status_mod.wait(conn, batch.id, err_console, alive=alive)
     except KeyboardInterrupt:
         # The workers are stopped (local_workers). Their jobs, queued or half done, leave Redis:
         # left there, they would make the same command, run again, skip their files as queued.
@@ -198,13 +203,20 @@ def run(
         cancel(conn, queue, set(created), "interrupted (Ctrl-C) before it was scored; run the same command again")
         raise Interrupted("interrupted; run the same command again to finish the remaining files") from None
     result = status_mod.describe(conn, batch.id, lost=waited.get("lost", 0)) or {"id": batch.id}  # none: no file
+    # The files an earlier run left queued are this run's: counted as done or failed, not skipped
+    skipped = batch.skipped - held - adopted.requeued
+    result["total"] = result.get("total", 0) + adopted.done + len(adopted.failures)
+    result["done"] = result.get("done", 0) + adopted.done
+    result["rows"] = result.get("rows", 0) + adopted.rows
+    result["failed"] = result.get("failed", 0) + len(adopted.failures)
+    result["failures"] = result.get("failures", []) + [{"error": e} for e in adopted.failures]
     if result.get("lost"):  # their jobs were removed (`rq empty`) while we waited
-        print_summary(result, batch.skipped, time.perf_counter() - started)
+        print_summary(result, skipped, time.perf_counter() - started)
         err_console.print(f"velo: {remedy(batch.id, result['lost'])}", markup=False)
         return EXIT_FILES_FAILED
     if not result.get("finished", True):
         raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
-    print_summary(result, batch.skipped, time.perf_counter() - started)
+    print_summary(result, skipped, time.perf_counter() - started)
     return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
 
 

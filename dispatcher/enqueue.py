@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from dispatcher.plan import Options, Planned
 
 __all__ = [
+    "ACTIVE",
     "JOB_TIMEOUT",
     "Batch",
     "add_files",
@@ -37,6 +38,8 @@ __all__ = [
     "drop_if_empty",
     "enqueue_batch",
     "forget_expired",
+    "job_ids",
+    "job_statuses",
     "mark_already_queued",
     "payloads_for",
     "retry_failed",
@@ -56,7 +59,7 @@ RETRIES = 3
 would need an RQ scheduler. Transient storage errors are retried inside the job, with backoff
 (worker.backoff), and never reach RQ."""
 
-_ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
 @dataclass
@@ -95,27 +98,32 @@ def payloads_for(item: Planned, opts: Options, batch_id: str) -> list[Payload]:
     return sharding.expand(payload_for(item, opts, batch_id), list(item.shards))
 
 
-def _job_statuses(redis: Redis, ids: list[str]) -> list[str | None]:
+def job_statuses(redis: Redis, ids: list[str]) -> list[str | None]:
     with redis.pipeline(transaction=False) as pipe:
         for jid in ids:
             pipe.hget(Job.key_for(jid), "status")
         return [st.decode() if st is not None else None for st in pipe.execute()]
 
 
+def job_ids(item: Planned, opts: Options) -> list[str]:
+    """The ids of a file's jobs (one, or one per shard): the same whatever the batch."""
+    return [job_id(payload) for payload in payloads_for(item, opts, "")]
+
+
 def mark_already_queued(redis: Redis, opts: Options, planned: list[Planned]) -> list[Planned]:
     """The plan, with files whose job (any shard's) is waiting or running (from any batch) marked so."""
     todo = [p for p in planned if p.enqueue]
-    ids = [(p.info.uri, job_id(payload)) for p in todo for payload in payloads_for(p, opts, "")]
-    statuses = _job_statuses(redis, [jid for _, jid in ids])
-    active = {uri for (uri, _), st in zip(ids, statuses, strict=True) if st in _ACTIVE}
+    ids = [(p.info.uri, jid) for p in todo for jid in job_ids(p, opts)]
+    statuses = job_statuses(redis, [jid for _, jid in ids])
+    active = {uri for (uri, _), st in zip(ids, statuses, strict=True) if st in ACTIVE}
     return [replace(p, reason="already queued") if p.info.uri in active else p for p in planned]
 
 
 def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
     """Delete earlier, finished or dead jobs with these ids (they would block the unique enqueue); their ids."""
     cleared = set()
-    for jid, st in zip(ids, _job_statuses(redis, ids), strict=True):
-        if st is None or st in _ACTIVE:
+    for jid, st in zip(ids, job_statuses(redis, ids), strict=True):
+        if st is None or st in ACTIVE:
             continue
         job = Job(jid, connection=redis)
         try:

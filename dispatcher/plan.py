@@ -16,7 +16,7 @@ from velosiped import storage
 from velosiped.errors import InputError
 from velosiped.jobs import FAILED_FOR_GOOD, PARTS_SUFFIX, error_uri, params_key
 
-__all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan"]
+__all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan", "replan"]
 
 DEFAULT_PATTERNS = ("*.csv", "*.csv.gz")
 """Input files picked when --pattern is not given."""
@@ -110,6 +110,16 @@ def plan(
         output = output_for(source, info.uri, opts.suffix, opts.output)
         item = Planned(info, output, _reason(info, output, existing, opts))
         yield replace(item, shards=_shards(info, opts)) if item.enqueue else item
+
+
+def replan(item: Planned, opts: Options) -> Planned:
+    """The file's plan as things are now (its input, output and error file looked up again)."""
+    info = storage.head(item.info.uri)
+    if info is None:
+        return replace(item, reason="gone")
+    existing = {uri for uri in (item.output, error_uri(item.output)) if storage.head(uri) is not None}
+    now = Planned(info, item.output, _reason(info, item.output, existing, opts))
+    return replace(now, shards=_shards(info, opts)) if now.enqueue else now
 
 
 def _shards(info: storage.ObjectInfo, opts: Options) -> tuple[tuple[int, int], ...]:

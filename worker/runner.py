@@ -19,6 +19,8 @@ output is the same object either way).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import multiprocessing
@@ -51,6 +53,9 @@ from worker import metrics, models
 __all__ = ["VeloWorker", "make_queue", "queue_depth", "run_workers", "watch_redis"]
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal this process gets when its parent dies."""
 
 
 class JobRefused(Exception):
@@ -220,7 +225,8 @@ def fork_workers(
     gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
     procs: list[multiprocessing.process.BaseProcess] = [
-        ctx.Process(target=_forked_worker, args=(url, queue, log_path, n, s3), daemon=False) for _ in range(n)
+        ctx.Process(target=_forked_worker, args=(url, queue, log_path, n, s3, os.getpid()), daemon=False)
+        for _ in range(n)
     ]
     for p in procs:
         p.start()
@@ -233,17 +239,28 @@ def share_cores(processes: int) -> None:
     models.limit_threads()  # libraries already loaded (a preloaded model); later ones at model load
 
 
-def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool) -> None:
+def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool, parent: int) -> None:
     with open(log_path, "ab") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # RQ installs its own handlers in work()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _stop_with(parent)
     logs.configure("text")
     os.environ["REDIS_URL"] = url
     share_cores(processes)
     VeloWorker.stop_on_interrupt = True  # this process is one `velo run` worker: Ctrl-C stops it now
     run_workers(redis_client(url), queue, processes=1, s3=s3)
+
+
+def _stop_with(parent: int) -> None:
+    """SIGTERM (finish the file in hand, then exit) when ``parent``, `velo run`, dies, even by
+    ``kill -9``: an orphan would serve the queue of an embedded Redis no one reads. Linux only."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took hold
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> bool:

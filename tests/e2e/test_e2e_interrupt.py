@@ -143,3 +143,42 @@ def test_ctrl_c_stops_status_watch_watch_and_worker_with_130(command, start_velo
     seconds = ctrl_c(proc)
     assert_interrupted(proc, "stopped")
     assert seconds < EXIT_GRACE
+
+
+@pytest.mark.parametrize("victim", ["velo run alone", "its whole process group"])
+def test_kill_9_of_velo_run_then_the_same_command_scores_every_file(victim, start_velo, velo, tmp_path):
+    # Given twelve slowed files (2 s each) and velo run scoring them with two local workers
+    data = tmp_path / "data"
+    frames = {f"f{i:02}.csv": slow_frame(40, BLOCK, seed=700 + i) for i in range(12)}
+    for name, frame in frames.items():
+        write_csv(data / name, frame)
+    model = fit_model()
+    model_path = dump_slow_model(model, 0.05, tmp_path / "model.joblib")
+    # A dead worker's lease runs out in 3 s, and is looked for every second
+    env = {**SLOW, "VELO_HEARTBEAT_TTL": "3", "VELO_MAINTENANCE_INTERVAL": "1"}
+    run = start_velo("run", data, "--model", model_path, "--workers", "2", env=env)
+    wait_until(lambda: len(list(data.glob("*.out.csv"))) >= 2 or run.poll() is not None, 60, message="2 outputs")
+    assert run.poll() is None, run.describe()
+
+    # When it is killed with SIGKILL (nothing of it can clean up), alone or with its workers
+    if victim == "velo run alone":
+        os.kill(run.pid, signal.SIGKILL)
+    else:
+        os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=10)
+    # Then no worker of it serves on as an orphan: it finishes the file in hand and exits
+    wait_until(lambda: group_gone(run.pid), 15, message="the killed run's workers to exit")
+    done_before = len(list(data.glob("*.out.csv")))
+    assert done_before < len(frames), "every file was done: the test killed nothing"
+
+    # When the same command runs again (not slowed)
+    again = velo("run", data, "--model", model_path, "--workers", "2", timeout=180, env={**WORKER_ENV, **env})
+
+    # Then it exits 0 only with every output there and right: no file skipped as "already queued"
+    assert again.returncode == 0, velo.describe(again)
+    for name, frame in frames.items():
+        out = data / name.replace(".csv", ".out.csv")
+        assert out.exists(), f"{out.name} missing after the second run\n" + velo.describe(again)
+        assert_output_matches(read_output(out), expected_output(frame, model))
+    leftovers = [p.name for p in data.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert leftovers == [], leftovers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,26 @@ def test_local_write_leaves_nothing_on_error(tmp_path):
     with storage.open_read(str(target)) as f:
         assert f.read() == b"a\n1\n"
     assert target.read_bytes()[:2] == b"\x1f\x8b"  # gzip, like its name says
+
+
+def test_listing_skips_temporary_outputs_and_removes_those_of_dead_writers(tmp_path):
+    # Given an input, and temporary outputs of a dead writer, a live one, and another host's
+    (tmp_path / "1.csv").write_text("a\n1\n")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead_tmp = tmp_path / f".1.out.csv.velo-{dead.stdout.strip()}@{host}.abc123.tmp"
+    live_tmp = tmp_path / f".1.out.csv.velo-{os.getpid()}@{host}.def456.tmp"
+    far_tmp = tmp_path / f".1.out.csv.velo-{dead.stdout.strip()}@elsewhere.example.ghi789.tmp"
+    for t in (dead_tmp, live_tmp, far_tmp):
+        t.write_text("prediction\n")
+
+    # When the folder is listed
+    listed = [Path(i.uri).name for i in storage.list_files(str(tmp_path), ("*",))]
+
+    # Then only the input is listed; the dead writer's file is gone, the others are left alone
+    assert listed == ["1.csv"]
+    assert not dead_tmp.exists()
+    assert live_tmp.exists() and far_tmp.exists()
 
 
 def test_local_files_need_neither_smart_open_nor_boto3(tmp_path):

@@ -7,6 +7,8 @@ import fnmatch
 import gzip
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any, cast
@@ -22,6 +24,40 @@ _OTHER_CODECS = (".bz2", ".xz", ".zst")
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+_HOST = socket.gethostname()
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.velo-"
+
+
+_TEMP = re.compile(r"\..+\.velo-(\d+)@(.+)\.[^.]+\.tmp")
+"""A temporary output, ``.<name>.velo-<pid>@<host>.<random>.tmp``, while its writer writes."""
+
+
+def _left_by_dead_writer(path: str, name: str) -> bool:
+    """True for a temporary output (never an input); one whose writer on this host is dead (a
+    worker killed with ``kill -9`` mid-file) is removed. Another host's, or a live process's, is
+    left alone: it may be writing still."""
+    found = _TEMP.fullmatch(name)
+    if found is None:
+        return False
+    if found[2] == _HOST and not _alive(int(found[1])):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _info(path: str) -> ObjectInfo:
@@ -45,8 +81,11 @@ class LocalTransport:
         for root, dirs, files in os.walk(source):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
-                if matches(name, patterns):
-                    yield _info(os.path.join(root, name))
+                path = os.path.join(root, name)
+                if not matches(name, patterns) or _left_by_dead_writer(path, name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # renamed or removed since the walk
+                    yield _info(path)
 
     def head(self, uri: str) -> ObjectInfo | None:
         return _info(uri) if os.path.isfile(uri) else None
@@ -89,7 +128,7 @@ class LocalTransport:
     def write_atomic(self, uri: str, metadata: dict[str, str] | None = None) -> Iterator[IO[bytes]]:
         folder, name = os.path.split(uri)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(name) + f"{os.getpid()}@{_HOST}.", suffix=".tmp", dir=folder)
         try:
             with open(fd, "wb") as raw:
                 # The gzip header names the output, not the temporary file.
