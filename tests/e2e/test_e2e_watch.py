@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -45,3 +46,42 @@ def test_dropped_files_are_scored_once_across_a_restart(s3, clean_redis, velo, s
     assert {k: s3.head(k.replace(".csv", ".out.csv"))["LastModified"] for k in frames} == first
     assert "1 enqueued (1 in all)" in again.read_stdout()
     assert "3 enqueued" not in again.read_stdout()
+
+
+def test_a_watched_file_dropped_again_that_fails_shows_its_failure_and_can_be_retried(
+    clean_redis, velo, start_velo, tmp_path
+):
+    # Given a watch on a folder, with a worker, that scored a good file
+    model = fit_model()
+    model_path = str(dump_model(model, tmp_path / "m.joblib"))
+    data = tmp_path / "in"
+    data.mkdir()
+    worker = start_velo("worker", "--redis", clean_redis)
+    watcher = start_velo("watch", data, "--model", model_path, "--interval", "0.5", "--redis", clean_redis)
+    (data / "a.csv").write_bytes(csv_bytes(make_frame(5, seed=1)))
+    assert wait_for(lambda: (data / "a.out.csv").exists()), watcher.describe()
+    batch_id = watcher.read_stdout().split("batch ", 1)[1].split()[0].rstrip(":")
+
+    # When the file is dropped again, now without a feature column
+    (data / "a.csv").write_bytes(csv_bytes(make_frame(5, seed=2).drop(columns="f2")))
+
+    # Then the batch shows it failed, with its reason (not "done" from its first version)
+    def batch():
+        status = json.loads(velo("status", batch_id, "--json", "--redis", clean_redis, check=0).stdout)
+        return status["batches"][0]
+
+    assert wait_for(lambda: batch()["failed"] == 1), watcher.describe() + "\n" + json.dumps(batch())
+    assert (data / "a.out.csv.error.json").exists()
+    [failure] = batch()["failures"]
+    assert "a.csv" in failure["file"] and "f2" in failure["error"], failure
+    assert batch()["done"] == 0
+
+    # And `velo retry` sees it: fixed and retried, it is done again
+    watcher.stop()
+    fixed = make_frame(6, seed=3)
+    (data / "a.csv").write_bytes(csv_bytes(fixed))
+    retried = velo("retry", batch_id, "--redis", clean_redis, check=0)
+    assert f"batch {batch_id}: 1 enqueued again" in retried.stdout, velo.describe(retried)
+    assert wait_for(lambda: batch()["done"] == 1 and batch()["failed"] == 0), json.dumps(batch())
+    worker.stop()
+    assert_output_matches(read_output((data / "a.out.csv").read_bytes()), expected_output(fixed, model))

@@ -1,6 +1,7 @@
 -- The one rule moving a file between states, included by every script that moves one
 -- (set_state.lua, enqueue.lua): a file moves queued -> running -> done | failed; a done file stays
--- done; the batch's counters move with it, so a job run twice (at least once delivery) counts once.
+-- done until a new job of it is enqueued; the batch's counters move with it, so a job run twice
+-- (at least once delivery) counts once.
 -- A queued or running file's value names its jobs too ('queued velo-a,velo-b'), so a file whose
 -- jobs were removed behind Velosiped's back (`rq empty`) can be found (dispatcher/lost.py).
 -- A batch whose files are all done or failed expires, keys and all, after its retention (the
@@ -20,7 +21,9 @@ local function set_state(files, counters, errors, jobs, file, state, rows, err, 
     if old ~= value then redis.call('HSET', files, file, value) end -- enqueued again, new jobs
     return 0
   end
-  if was == 'done' then return 0 end
+  -- A done file stays done for its jobs (a late rerun changes nothing); a new job of it (a new
+  -- version `velo watch` enqueues into the same batch) starts it afresh, so its fate is seen.
+  if was == 'done' and state ~= 'queued' then return 0 end
   redis.call('HSET', files, file, value)
   if was then redis.call('HINCRBY', counters, was, -1) else redis.call('HINCRBY', counters, 'total', 1) end
   redis.call('HINCRBY', counters, state, 1)
