@@ -12,11 +12,13 @@ from velosiped.errors import ConfigError
 __all__ = ["sha256_file", "sha256_of", "version_of"]
 
 
-def sha256_of(f: BinaryIO) -> str:
-    """The SHA-256 of what is left to read in ``f``, read 1 MiB at a time."""
+def sha256_of(f: BinaryIO, copy_to: BinaryIO | None = None) -> str:
+    """The SHA-256 of what is left to read in ``f``, read 1 MiB at a time (and written to ``copy_to``)."""
     digest = hashlib.sha256()
     while chunk := f.read(1 << 20):
         digest.update(chunk)
+        if copy_to is not None:
+            copy_to.write(chunk)
     return digest.hexdigest()
 
 

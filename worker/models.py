@@ -6,14 +6,16 @@ Unpickling runs arbitrary code, so a model is loaded only from ``VELO_MODEL_PREF
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import botocore.exceptions
 from threadpoolctl import threadpool_limits
@@ -107,6 +109,21 @@ def _local_copy(uri: str, version: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def _private_copy(path: str) -> Iterator[tuple[IO[bytes], str]]:
+    """The model's bytes in an unlinked temporary file (under the model cache), and their SHA-256."""
+    folder = settings.MODEL_CACHE.get()
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder) as copy:
+        try:
+            with open(path, "rb") as f:
+                digest = sha256_of(f, copy_to=copy)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read model ({e.strerror or e})") from e
+        copy.seek(0)
+        yield copy, digest
+
+
 def _check_pin(uri: str, digest: str, sha256: str | None) -> None:
     if sha256 and digest != sha256.lower().removeprefix("sha256:"):
         raise InputError(f"{uri}: model digest sha256:{digest} does not match --model-sha256 {sha256}")
@@ -128,14 +145,14 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
     path = _local_copy(uri, version)
     global loads
     started = time.perf_counter()
-    # One open file, hashed then unpickled: a model swapped in by a rename after the hash (a new
-    # file at the path) is never the one loaded. The pin is checked before any byte is unpickled.
-    with open(path, "rb") as f:
-        digest = sha256_of(f)
+    # The bytes hashed are the bytes unpickled: they are copied, as they are hashed, into a file
+    # no other process can open (unlinked at once), and unpickled from there. A model renamed
+    # over, or rewritten in place, after the hash is never the one loaded. The pin is checked
+    # before any byte is unpickled.
+    with _private_copy(path) as (f, digest):
         _check_pin(uri, digest, sha256)
         if version.startswith("sha256:") and version != "sha256:" + digest:
             raise InputError(f"{uri}: model changed since dispatch; dispatch again to use the new version")
-        f.seek(0)
         try:
             import joblib  # and scikit-learn with it: only where a model is loaded
 

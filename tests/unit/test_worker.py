@@ -227,3 +227,52 @@ def test_a_late_lease_expiry_callback_leaves_a_done_file_done(redis, folder, tmp
     task._fail(p, f"{p['input']}: its worker died on every attempt", redis, "abandoned")
     assert not error_file.exists()
     assert describe(redis, batch.id)["done"] == 1
+
+
+class _Trap:
+    """Unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_model_rewritten_in_place_after_its_hash_is_never_the_one_unpickled(tmp_path, monkeypatch):
+    # Given a pinned model, and a file system where the model is rewritten in place (same inode:
+    # no rename) with a booby-trapped pickle just after it was hashed
+    import hashlib
+
+    import joblib
+
+    from velosiped import models as identity
+
+    model = fit_model()
+    path = dump_model(model, tmp_path / "m.joblib")
+    pin = hashlib.sha256(path.read_bytes()).hexdigest()
+    marker = tmp_path / "went-off"
+    joblib.dump(_Trap(marker), tmp_path / "trap.joblib")
+    evil = (tmp_path / "trap.joblib").read_bytes()
+    hashed = identity.sha256_of
+
+    def hash_then_rewrite(f, copy_to=None):
+        digest = hashed(f, copy_to) if copy_to is not None else hashed(f)
+        with open(path, "r+b") as same_inode:
+            same_inode.write(evil)
+            same_inode.truncate()
+        return digest
+
+    monkeypatch.setattr(models, "sha256_of", hash_then_rewrite)
+    monkeypatch.setattr(models, "_cache", {})
+
+    # When a worker loads it with its pin
+    loaded = models.load(str(path), "sha256:" + pin, pin)
+
+    # Then what it unpickled is the model it hashed; the trap never went off
+    assert not marker.exists()
+    assert type(loaded) is type(model)
+    assert (
+        loaded.predict(make_frame(5)[list(model.feature_names_in_)])
+        == model.predict(make_frame(5)[list(model.feature_names_in_)])
+    ).all()
