@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from velosiped import settings, storage
 from velosiped.errors import InputError, TransientError
+from velosiped.frames import FeatureSpec, classes_of, kept_columns, one_line, predict_block
 from velosiped.storage import MAX_HEADER
 
 __all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "QuotedLineBreaks", "is_parquet", "score_stream"]
@@ -35,7 +34,6 @@ BLOCK_SIZE = settings.BLOCK_SIZE.default
 PARQUET_BATCH_ROWS = 65_536
 """Rows read from a Parquet file at a time."""
 
-_NULL_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 _CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)
 """Errors of a compressed input that is not what its name says (or is cut short)."""
 
@@ -58,48 +56,6 @@ class QuotedLineBreaks(InputError):
 
 def is_parquet(uri: str) -> bool:
     return uri.endswith(".parquet")
-
-
-class FeatureSpec:
-    """Which input columns feed the model, decided once per file from its header.
-
-    By default the model's ``feature_names_in_`` pick columns by name; a model fitted without
-    names takes every column in order. ``override`` (``--features``) names the input columns
-    to feed, in the model's order, and may rename them for a model fitted with other names.
-    """
-
-    def __init__(self, model: Any, header: Sequence[str], name: str, override: Sequence[str] | None = None) -> None:
-        names = getattr(model, "feature_names_in_", None)
-        expected = getattr(model, "n_features_in_", None)
-        if override:
-            missing = [c for c in override if c not in header]
-            if missing:
-                raise InputError(f"{name}: missing --features columns: {', '.join(missing)}")
-            if expected is not None and len(override) != expected:
-                raise InputError(f"{name}: --features names {len(override)} columns, the model expects {expected}")
-            self.columns = list(override)
-            self.model_names = [str(n) for n in names] if names is not None else None
-        elif names is not None:
-            self.columns = [str(n) for n in names]
-            missing = [n for n in self.columns if n not in header]
-            if missing:
-                raise InputError(f"{name}: missing feature columns: {', '.join(missing)}")
-            self.model_names = self.columns
-        else:
-            if expected is not None and len(header) != expected:
-                raise InputError(
-                    f"{name}: has {len(header)} columns but the model expects {expected} "
-                    "(it was fitted without column names, so every column is a feature)"
-                )
-            self.columns = list(header)
-            self.model_names = None
-
-    def matrix(self, batch: pa.RecordBatch, name: str) -> Any:
-        """The model's input for one block: a DataFrame when the model knows names, else an array."""
-        cols = [_to_numbers(batch.column(c), c, name) for c in self.columns]
-        if self.model_names is None:
-            return np.column_stack(cols) if cols else np.empty((batch.num_rows, 0))
-        return pd.DataFrame(dict(zip(self.model_names, cols, strict=True)), copy=False)
 
 
 def _read_header(src: IO[bytes], name: str, dialect: Dialect) -> tuple[list[str], bytes]:
@@ -148,25 +104,6 @@ class _Replay(io.RawIOBase):
         data = self._src.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-def _to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str) -> np.ndarray:
-    """One feature column as float64; empty and NA-like cells become NaN."""
-    try:
-        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if not pa.types.is_string(column.type):
-            raise InputError(f"{name}: column {col!r} of type {column.type} is not numeric") from None
-    nulled = pc.if_else(pc.is_in(column, pa.array(_NULL_TOKENS)), pa.scalar(None, pa.string()), column)
-    try:
-        return pc.cast(nulled, pa.float64()).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:
-        for value in nulled.to_pylist():
-            try:
-                float(value if value is not None else "nan")
-            except ValueError:
-                raise InputError(f"{name}: column {col!r} holds non-numeric value {value[:40]!r}") from None
-        raise
 
 
 class _CsvOut:
@@ -239,7 +176,7 @@ def _csv_blocks(src: IO[bytes], name: str, dialect: Dialect, block_size: int) ->
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise _csv_error(f"{name}: {_one_line(e)}", e) from e
+        raise _csv_error(f"{name}: {one_line(e)}", e) from e
     return header, _arrow_blocks(reader, name), None
 
 
@@ -258,7 +195,7 @@ def _arrow_blocks(reader: Any, name: str) -> Iterator[pa.RecordBatch]:
         except StopIteration:
             return
         except pa.ArrowInvalid as e:
-            raise _csv_error(f"{name}: after row {rows}: {_one_line(e)}", e) from e
+            raise _csv_error(f"{name}: after row {rows}: {one_line(e)}", e) from e
         rows += batch.num_rows
         yield batch
 
@@ -269,7 +206,7 @@ def _parquet_blocks(src: IO[bytes], name: str) -> Blocks:
     except (pa.ArrowInvalid, OSError) as e:
         if isinstance(storage.translate(name, e), TransientError):
             raise  # the stream failed, not the file: the worker tries it again
-        raise InputError(f"{name}: not a Parquet file ({_one_line(e)})") from e
+        raise InputError(f"{name}: not a Parquet file ({one_line(e)})") from e
     schema = pf.schema_arrow
     return list(schema.names), pf.iter_batches(batch_size=PARQUET_BATCH_ROWS), schema
 
@@ -303,60 +240,21 @@ def score_stream(
             else _csv_blocks(src, name, dialect, block_size or settings.BLOCK_SIZE.get())
         )
         spec = FeatureSpec(model, header, name, features)
-        kept = _kept(header, keep, name)
-        classes = _classes(model, proba, name)
+        kept = kept_columns(header, keep, name)
+        classes = classes_of(model, proba, name)
         names = [*kept, "prediction", *(f"proba_{c}" for c in classes)]
         out: _CsvOut | _ParquetOut = _ParquetOut(dst) if parquet else _CsvOut(dst, names, dialect.sep, write_header)
         rows = 0
         for batch in blocks:
             if batch.num_rows == 0:
                 continue
-            out.write(_predict(batch, spec, model, kept, classes, names, rows, name))
+            out.write(predict_block(batch, spec, model, kept, classes, names, rows, name))
             rows += batch.num_rows
         if isinstance(out, _ParquetOut):
             out.close(_empty(model, kept, classes, names, schema))
         return rows
     except _CORRUPT as e:
-        raise InputError(f"{name}: cannot decompress ({_one_line(e)})") from e
-
-
-def _kept(header: list[str], keep: Sequence[str] | None, name: str) -> list[str]:
-    if keep is None:
-        return list(header)
-    unknown = [c for c in keep if c not in header]
-    if unknown:
-        raise InputError(f"{name}: --keep names columns not in the file: {', '.join(unknown)}")
-    return [c for c in header if c in keep]
-
-
-def _classes(model: Any, proba: bool, name: str) -> list[Any]:
-    if not proba:
-        return []
-    if not hasattr(model, "predict_proba"):
-        raise InputError(f"{name}: --proba asked but the model has no predict_proba")
-    return list(model.classes_)
-
-
-def _predict(
-    batch: pa.RecordBatch,
-    spec: FeatureSpec,
-    model: Any,
-    kept: list[str],
-    classes: list[Any],
-    names: list[str],
-    rows: int,
-    name: str,
-) -> pa.Table:
-    x = spec.matrix(batch, name)
-    try:
-        prediction = model.predict(x)
-        probabilities = model.predict_proba(x) if classes else None
-    except Exception as e:
-        raise InputError(f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}: {_one_line(e)}") from e
-    arrays = [batch.column(c) for c in kept] + [pa.array(np.asarray(prediction))]
-    if probabilities is not None:
-        arrays += [pa.array(probabilities[:, i]) for i in range(len(classes))]
-    return pa.Table.from_arrays(arrays, names=names)
+        raise InputError(f"{name}: cannot decompress ({one_line(e)})") from e
 
 
 def _empty(model: Any, kept: list[str], classes: list[Any], names: list[str], schema: pa.Schema | None) -> pa.Table:
@@ -368,8 +266,3 @@ def _empty(model: Any, kept: list[str], classes: list[Any], names: list[str], sc
     fields = [*kept_fields, pa.field("prediction", prediction_type)]
     fields += [pa.field(n, pa.float64()) for n in names[len(kept) + 1 :]]
     return pa.schema(fields).empty_table()
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return (text[:300] + "...") if len(text) > 300 else text

@@ -1,0 +1,127 @@
+"""A table in, the output table out: the one code path from rows to predictions, for a file's
+blocks (worker.scoring) and for online requests alike.
+
+Output columns: the kept input columns in input order, ``prediction``, then with ``proba`` one
+``proba_<class>`` column per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from velosiped.errors import InputError
+
+__all__ = ["FeatureSpec", "classes_of", "kept_columns", "one_line", "predict_block", "to_numbers"]
+
+_NULL_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
+
+
+class FeatureSpec:
+    """Which input columns feed the model, decided once per file from its header.
+
+    By default the model's ``feature_names_in_`` pick columns by name; a model fitted without
+    names takes every column in order. ``override`` (``--features``) names the input columns
+    to feed, in the model's order, and may rename them for a model fitted with other names.
+    """
+
+    def __init__(self, model: Any, header: Sequence[str], name: str, override: Sequence[str] | None = None) -> None:
+        names = getattr(model, "feature_names_in_", None)
+        expected = getattr(model, "n_features_in_", None)
+        if override:
+            missing = [c for c in override if c not in header]
+            if missing:
+                raise InputError(f"{name}: missing --features columns: {', '.join(missing)}")
+            if expected is not None and len(override) != expected:
+                raise InputError(f"{name}: --features names {len(override)} columns, the model expects {expected}")
+            self.columns = list(override)
+            self.model_names = [str(n) for n in names] if names is not None else None
+        elif names is not None:
+            self.columns = [str(n) for n in names]
+            missing = [n for n in self.columns if n not in header]
+            if missing:
+                raise InputError(f"{name}: missing feature columns: {', '.join(missing)}")
+            self.model_names = self.columns
+        else:
+            if expected is not None and len(header) != expected:
+                raise InputError(
+                    f"{name}: has {len(header)} columns but the model expects {expected} "
+                    "(it was fitted without column names, so every column is a feature)"
+                )
+            self.columns = list(header)
+            self.model_names = None
+
+    def matrix(self, batch: pa.RecordBatch, name: str) -> Any:
+        """The model's input for one block: a DataFrame when the model knows names, else an array."""
+        cols = [to_numbers(batch.column(c), c, name) for c in self.columns]
+        if self.model_names is None:
+            return np.column_stack(cols) if cols else np.empty((batch.num_rows, 0))
+        return pd.DataFrame(dict(zip(self.model_names, cols, strict=True)), copy=False)
+
+
+def to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str) -> np.ndarray:
+    """One feature column as float64; empty and NA-like cells become NaN."""
+    try:
+        return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if not pa.types.is_string(column.type):
+            raise InputError(f"{name}: column {col!r} of type {column.type} is not numeric") from None
+    nulled = pc.if_else(pc.is_in(column, pa.array(_NULL_TOKENS)), pa.scalar(None, pa.string()), column)
+    try:
+        return np.asarray(pc.cast(nulled, pa.float64()).to_numpy(zero_copy_only=False))
+    except pa.ArrowInvalid:
+        for value in nulled.to_pylist():
+            try:
+                float(value if value is not None else "nan")
+            except ValueError:
+                raise InputError(f"{name}: column {col!r} holds non-numeric value {value[:40]!r}") from None
+        raise
+
+
+def kept_columns(header: list[str], keep: Sequence[str] | None, name: str) -> list[str]:
+    if keep is None:
+        return list(header)
+    unknown = [c for c in keep if c not in header]
+    if unknown:
+        raise InputError(f"{name}: --keep names columns not in the file: {', '.join(unknown)}")
+    return [c for c in header if c in keep]
+
+
+def classes_of(model: Any, proba: bool, name: str) -> list[Any]:
+    if not proba:
+        return []
+    if not hasattr(model, "predict_proba"):
+        raise InputError(f"{name}: --proba asked but the model has no predict_proba")
+    return list(model.classes_)
+
+
+def predict_block(
+    batch: pa.RecordBatch,
+    spec: FeatureSpec,
+    model: Any,
+    kept: list[str],
+    classes: list[Any],
+    names: list[str],
+    rows: int,
+    name: str,
+) -> pa.Table:
+    x = spec.matrix(batch, name)
+    try:
+        prediction = model.predict(x)
+        probabilities = model.predict_proba(x) if classes else None
+    except Exception as e:
+        raise InputError(f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}: {one_line(e)}") from e
+    arrays = [batch.column(c) for c in kept] + [pa.array(np.asarray(prediction))]
+    if probabilities is not None:
+        arrays += [pa.array(probabilities[:, i]) for i in range(len(classes))]
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text[:300] + "...") if len(text) > 300 else text
