@@ -17,7 +17,16 @@ import pyarrow.compute as pc
 
 from velosiped.errors import InputError
 
-__all__ = ["FeatureSpec", "classes_of", "kept_columns", "one_line", "predict_block", "to_numbers"]
+__all__ = [
+    "FeatureSpec",
+    "assemble",
+    "classes_of",
+    "kept_columns",
+    "one_line",
+    "predict_block",
+    "run_model",
+    "to_numbers",
+]
 
 _NULL_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 
@@ -56,15 +65,23 @@ class FeatureSpec:
             self.columns = list(header)
             self.model_names = None
 
-    def matrix(self, batch: pa.RecordBatch, name: str) -> Any:
+    def matrix(self, batch: pa.RecordBatch, name: str, first_row: int = 1) -> Any:
         """The model's input for one block: a DataFrame when the model knows names, else an array."""
-        cols = [to_numbers(batch.column(c), c, name) for c in self.columns]
+        return self.model_input(self.numbers(batch, name, first_row), batch.num_rows)
+
+    def numbers(self, batch: pa.RecordBatch | pa.Table, name: str, first_row: int = 1) -> list[np.ndarray]:
+        """The feature columns as float64, in the model's order (``first_row``: the block's first
+        row number, for messages)."""
+        return [to_numbers(batch.column(c), c, name, first_row) for c in self.columns]
+
+    def model_input(self, cols: list[np.ndarray], rows: int) -> Any:
+        """Feature columns as the model takes them: a DataFrame when it knows names, else an array."""
         if self.model_names is None:
-            return np.column_stack(cols) if cols else np.empty((batch.num_rows, 0))
+            return np.column_stack(cols) if cols else np.empty((rows, 0))
         return pd.DataFrame(dict(zip(self.model_names, cols, strict=True)), copy=False)
 
 
-def to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str) -> np.ndarray:
+def to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str, first_row: int = 1) -> np.ndarray:
     """One feature column as float64; empty and NA-like cells become NaN."""
     try:
         return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
@@ -75,11 +92,12 @@ def to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str) -> np.nd
     try:
         return np.asarray(pc.cast(nulled, pa.float64()).to_numpy(zero_copy_only=False))
     except pa.ArrowInvalid:
-        for value in nulled.to_pylist():
+        for i, value in enumerate(nulled.to_pylist()):
             try:
                 float(value if value is not None else "nan")
             except ValueError:
-                raise InputError(f"{name}: column {col!r} holds non-numeric value {value[:40]!r}") from None
+                where = f"row {first_row + i}, column {col!r}"
+                raise InputError(f"{name}: {where} holds non-numeric value {value[:40]!r}") from None
         raise
 
 
@@ -110,15 +128,34 @@ def predict_block(
     rows: int,
     name: str,
 ) -> pa.Table:
-    x = spec.matrix(batch, name)
+    x = spec.matrix(batch, name, rows + 1)
+    prediction, probabilities = run_model(
+        model, x, bool(classes), f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}"
+    )
+    return assemble(batch, kept, prediction, probabilities, names)
+
+
+def run_model(model: Any, x: Any, proba: bool, context: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``predict`` (and ``predict_proba``) of ``x``; a model's own error is an InputError after ``context``."""
     try:
-        prediction = model.predict(x)
-        probabilities = model.predict_proba(x) if classes else None
+        prediction = np.asarray(model.predict(x))
+        probabilities = np.asarray(model.predict_proba(x)) if proba else None
     except Exception as e:
-        raise InputError(f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}: {one_line(e)}") from e
-    arrays = [batch.column(c) for c in kept] + [pa.array(np.asarray(prediction))]
+        raise InputError(f"{context}: {one_line(e)}") from e
+    return prediction, probabilities
+
+
+def assemble(
+    batch: pa.RecordBatch | pa.Table,
+    kept: list[str],
+    prediction: np.ndarray,
+    probabilities: np.ndarray | None,
+    names: list[str],
+) -> pa.Table:
+    """The output table: kept input columns as they came, ``prediction``, then the probabilities."""
+    arrays = [batch.column(c) for c in kept] + [pa.array(prediction)]
     if probabilities is not None:
-        arrays += [pa.array(probabilities[:, i]) for i in range(len(classes))]
+        arrays += [pa.array(probabilities[:, i]) for i in range(probabilities.shape[1])]
     return pa.Table.from_arrays(arrays, names=names)
 
 

@@ -81,7 +81,7 @@ def test_model_without_names_takes_every_column_by_position():
         (b"", "empty file"),
         (b"id,f0,f1,f3\n1,2,3,4\n", "missing feature columns: f2"),
         (b"id,f0,f1,f2,f3\n1,2,3,4\n", "CSV parse error: Expected 5 columns, got 4"),
-        (b"id,f0,f1,f2,f3\n1,2,abc,4,5\n", "column 'f1' holds non-numeric value 'abc'"),
+        (b"id,f0,f1,f2,f3\n1,2,3,4,5\n1,2,abc,4,5\n", "row 2, column 'f1' holds non-numeric value 'abc'"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "header is not utf-8 text"),
         (b"a,a,f0\n1,2,3\n", "duplicate column names: a"),
     ],
