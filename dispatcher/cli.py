@@ -30,7 +30,7 @@ from dispatcher.enqueue import (
     retry_failed,
 )
 from dispatcher.lost import remedy
-from dispatcher.options import dispatch_options, make_options, redis_option
+from dispatcher.options import dispatch_options, make_options, parse_size, redis_option
 from dispatcher.plan import Options, plan
 from dispatcher.terminal import Interrupted, console, end, err_console, handle_errors
 from velosiped import logs, settings, storage
@@ -471,6 +471,86 @@ def retry(batch: str, redis_url: str | None, queue: str) -> int:
             f"velo: {file}: no longer exists (or Redis kept nothing to enqueue it from); not retried", markup=False
         )
     click.echo(f"batch {batch}: {count} enqueued again")
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--model", required=True, help="The model to serve: a path or s3:// URI of a joblib dump.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; beyond loopback it needs VELO_API_TOKEN.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--workers", type=click.IntRange(1), default=1, show_default=True, help="Server processes (each loads the model)."
+)
+@click.option(
+    "--model-sha256", default=None, help="Serve the model only if its SHA-256 is this (checked at every load)."
+)
+@click.option(
+    "--model-poll",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between looks for a new model version (0: never).",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="Rows one request may hold (more: 413).",
+)
+@click.option("--max-body", default="64MB", show_default=True, help="Bytes one request body may hold (more: 413).")
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="Rows the batcher gathers into one predict call at most.",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Milliseconds a request may wait for others to join its predict call (0: only those arrived together).",
+)
+@redis_option
+@handle_errors
+def serve(
+    model: str,
+    host: str,
+    port: int,
+    workers: int,
+    model_sha256: str | None,
+    model_poll: float,
+    max_rows: int,
+    max_body: str,
+    batch_rows: int,
+    batch_wait_ms: float,
+    redis_url: str | None,
+    queue: str,
+) -> int:
+    """HTTP: POST /predict (JSON or CSV rows), GET /info, the batch API (/v1/batches, with --redis),
+    a live page at /, /metrics, OpenAPI at /docs."""
+    from dispatcher.serve.app import ServeConfig
+    from dispatcher.serve.run import serve as run_server
+
+    cfg = ServeConfig(
+        model=storage.normalize(model),
+        model_sha256=model_sha256.lower().removeprefix("sha256:") if model_sha256 else None,
+        model_poll=model_poll,
+        max_rows=max_rows,
+        max_body=parse_size(max_body, "--max-body"),
+        batch_rows=batch_rows,
+        batch_wait_ms=batch_wait_ms,
+        redis_url=redis_url,
+        queue=queue,
+    )
+    run_server(cfg, host, port, workers)
     return EXIT_OK
 
 

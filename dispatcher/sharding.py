@@ -33,7 +33,7 @@ _PLAIN = (".csv", ".tsv", ".txt")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--shard-size") -> int:
     """``1073741824``, ``1GB``, ``512MB``, ``64MiB``, ``1.5g`` -> bytes (units are powers of 1024); 0 is off."""
     raw = text.strip().lower().replace(" ", "")
     number = raw.rstrip("kmgtib")
@@ -41,7 +41,13 @@ def parse_size(text: str) -> int:
     try:
         size = int(float(number) * _UNITS[unit])
     except (ValueError, KeyError, OverflowError):
+        if option != "--shard-size":
+            raise ConfigError(f"{option} {text!r}: not a size; use bytes or e.g. 64MB") from None
         raise ConfigError(f"--shard-size {text!r}: not a size; use bytes or e.g. 512MB, 1GB (0 turns it off)") from None
+    if option != "--shard-size":
+        if size < 1:
+            raise ConfigError(f"{option} {text!r}: use a positive size, e.g. 64MB")
+        return size
     if size < 0 or 0 < size < MIN_SHARD_SIZE:
         raise ConfigError(f"--shard-size {text!r}: use 0 (off) or at least {MIN_SHARD_SIZE >> 20}MB")
     return size

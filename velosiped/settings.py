@@ -16,6 +16,7 @@ from velosiped.errors import ConfigError
 
 __all__ = [
     "ALLOWED_PREFIXES",
+    "API_TOKEN",
     "BATCH_RETENTION",
     "BLOCK_SIZE",
     "HEARTBEAT_TTL",
@@ -161,6 +162,12 @@ METRICS_PORT: Setting[str] = Setting("VELO_METRICS_PORT", "", str, "the port of 
 
 LOG_FORMAT: Setting[str] = Setting("VELO_LOG_FORMAT", "text", str, "text or json")
 """`velo worker --log-format`: readable ``text`` lines, or one ``json`` object per line."""
+
+API_TOKEN: Setting[str] = Setting(
+    "VELO_API_TOKEN", "", str, "the bearer token `velo serve` wants on routes that change anything"
+)
+"""`velo serve`: when set, dispatch and retry through the API want ``Authorization: Bearer <token>``,
+and only then may it listen beyond loopback. Never shown in any output."""
 
 # ------------------------------------------------------------------------------ storage trouble
 

@@ -26,7 +26,7 @@ from velosiped.errors import InputError, VeloError
 from velosiped.models import sha256_of
 from worker import metrics
 
-__all__ = ["load", "loads"]
+__all__ = ["digest_of", "load", "loads"]
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +171,9 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
     _cache[key] = (model, digest)
     release_freed_memory()  # after the eviction, so the dropped model's pages go back too
     return model
+
+
+def digest_of(uri: str, version: str) -> str | None:
+    """The SHA-256 of the bytes the loaded model at ``uri`` as of ``version`` was unpickled from."""
+    held = _cache.get((uri, version))
+    return held[1] if held else None

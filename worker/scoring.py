@@ -26,7 +26,16 @@ from velosiped.errors import InputError, TransientError
 from velosiped.frames import FeatureSpec, classes_of, kept_columns, one_line, predict_block
 from velosiped.storage import MAX_HEADER
 
-__all__ = ["BLOCK_SIZE", "Dialect", "FeatureSpec", "QuotedLineBreaks", "is_parquet", "score_stream"]
+__all__ = [
+    "BLOCK_SIZE",
+    "Dialect",
+    "FeatureSpec",
+    "QuotedLineBreaks",
+    "is_parquet",
+    "read_csv_table",
+    "score_stream",
+    "write_csv_table",
+]
 
 BLOCK_SIZE = settings.BLOCK_SIZE.default
 """The default bytes of CSV parsed per block (``settings.BLOCK_SIZE``, env VELO_BLOCK_SIZE)."""
@@ -209,6 +218,22 @@ def _parquet_blocks(src: IO[bytes], name: str) -> Blocks:
         raise InputError(f"{name}: not a Parquet file ({one_line(e)})") from e
     schema = pf.schema_arrow
     return list(schema.names), pf.iter_batches(batch_size=PARQUET_BATCH_ROWS), schema
+
+
+def read_csv_table(data: bytes, name: str, dialect: Dialect = Dialect()) -> pa.Table:
+    """A whole CSV held in memory (an online request's body), read as a file's blocks are: every
+    column as text, exactly as written."""
+    src = io.BytesIO(data)
+    header, blocks, _ = _csv_blocks(src, name, dialect, max(len(data), 1 << 16))
+    tables = list(blocks)
+    if not tables:
+        return pa.table({c: pa.array([], pa.string()) for c in header})
+    return pa.Table.from_batches(tables)
+
+
+def write_csv_table(table: pa.Table, dst: IO[bytes], sep: str = ",") -> None:
+    """An output table as CSV, header first, written as a file's output is."""
+    _CsvOut(dst, table.column_names, sep).write(table)
 
 
 def score_stream(

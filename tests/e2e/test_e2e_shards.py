@@ -151,7 +151,8 @@ def test_a_poison_row_in_one_shard_fails_the_file_cleanly(velo, clean_redis, tmp
     }
     [failure] = batch["failures"]
     assert re.fullmatch(
-        rf"{re.escape(str(src))} \(shard 3 of 3, bytes \d+-\d+\): row \d+, column 'f1' holds non-numeric value 'poison'",
+        rf"{re.escape(str(src))} \(shard 3 of 3, bytes \d+-\d+\): "
+        r"row \d+, column 'f1' holds non-numeric value 'poison'",
         failure["error"],
     ), failure
     # And no output, no part: only the error file next to where the output would be

@@ -1,6 +1,7 @@
 """The import rule, so the layout cannot drift back: ``velosiped`` (the shared core) imports neither
 side, ``worker`` never imports ``dispatcher``, and ``dispatcher`` imports ``worker`` only inside the
-commands that run workers (``velo run``, ``velo worker``)."""
+commands that run workers (``velo run``, ``velo worker``) and in ``dispatcher/serve/``, which scores
+online with the workers' own model loading and scoring (and is itself imported only by ``velo serve``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-RUNS_WORKERS = {"run", "worker", "local_workers", "redis_and_model"}
-"""Functions of dispatcher/cli.py that start workers, so may import them."""
+RUNS_WORKERS = {"run", "worker", "local_workers", "redis_and_model", "serve"}
+"""Functions of dispatcher/cli.py that start workers (or serve), so may import them."""
 
 
 def imports(path: Path) -> list[tuple[str, str | None]]:
@@ -58,6 +59,16 @@ def test_dispatcher_imports_worker_only_where_a_command_runs_workers():
         (p.name, m, f)
         for p in modules("dispatcher")
         for m, f in imports(p)
-        if top(m) == "worker" and not (p.name == "cli.py" and f in RUNS_WORKERS)
+        if top(m) == "worker" and not (p.name == "cli.py" and f in RUNS_WORKERS) and p.parent.name != "serve"
     ]
     assert not bad, f"dispatcher imports worker outside the commands that run workers: {bad}"
+
+
+def test_only_velo_serve_imports_the_server():
+    bad = [
+        (p.name, m, f)
+        for p in modules("dispatcher")
+        for m, f in imports(p)
+        if m.startswith("dispatcher.serve") and p.parent.name != "serve" and not (p.name == "cli.py" and f == "serve")
+    ]
+    assert not bad, f"dispatcher imports its server outside `velo serve`: {bad}"

@@ -1,0 +1,1 @@
+"""`velo serve`: online predictions on the batch's own code path, the batch API and a live page."""

@@ -1,0 +1,115 @@
+"""The batch API: `velo dispatch`, `velo status` and `velo retry` over HTTP, on the same functions.
+
+Sources and models of batches dispatched here obey the workers' allow-lists
+(``VELO_ALLOWED_PREFIXES``, ``VELO_MODEL_PREFIXES``): an API caller cannot name what a worker
+would refuse. Routes that change anything want ``Authorization: Bearer <VELO_API_TOKEN>`` when
+a token is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from dispatcher import status as status_mod
+from dispatcher.enqueue import add_files, create_batch, drop_if_empty, retry_failed
+from dispatcher.options import make_options
+from dispatcher.plan import plan
+from velosiped import storage
+from velosiped.access import ALLOWED_PREFIXES_ENV, MODEL_PREFIXES_ENV, check_prefix
+
+__all__ = ["DispatchRequest", "router"]
+
+
+class DispatchOptions(BaseModel):
+    """The options `velo dispatch` takes, by their long names."""
+
+    pattern: list[str] = Field(default_factory=list)
+    output: str | None = None
+    suffix: str = ".out"
+    keep: str | None = None
+    proba: bool = False
+    force: bool = False
+    model_sha256: str | None = None
+    features: str | None = None
+    sep: str = ","
+    encoding: str = "utf-8"
+    shard_size: str = "0"
+    timeout: int = 6 * 3600
+
+
+class DispatchRequest(BaseModel):
+    source: str
+    model: str
+    options: DispatchOptions = Field(default_factory=DispatchOptions)
+
+
+def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Request], None]) -> APIRouter:
+    """The `/v1/batches` routes on the Redis ``conn()`` gives (it raises 503 when there is none)."""
+    api = APIRouter(prefix="/v1/batches", tags=["batches"])
+    guard = [Depends(authorize)]
+
+    @api.post("", status_code=202, dependencies=guard)
+    def dispatch(body: DispatchRequest) -> dict[str, Any]:
+        """Plan and enqueue, as `velo dispatch`: the batch id and how many files were enqueued or skipped."""
+        source, model = storage.normalize(body.source), storage.normalize(body.model)
+        check_prefix(source, ALLOWED_PREFIXES_ENV, "source")
+        check_prefix(model, MODEL_PREFIXES_ENV, "model")
+        o = body.options
+        opts = make_options(
+            source,
+            model,
+            tuple(o.pattern),
+            o.output,
+            o.suffix,
+            o.keep,
+            o.proba,
+            o.force,
+            o.model_sha256,
+            o.features,
+            o.sep,
+            o.encoding,
+            o.shard_size,
+        )
+        if opts.output:
+            check_prefix(opts.output, ALLOWED_PREFIXES_ENV, "output")
+        r = conn()
+        batch = create_batch(r, queue, source, opts)
+        add_files(r, queue, batch, opts, list(plan(source, opts)), o.timeout)
+        drop_if_empty(r, batch)
+        return {"id": batch.id, "enqueued": batch.enqueued, "skipped": batch.skipped}
+
+    @api.get("")
+    def batches(limit: int = 20) -> dict[str, Any]:
+        """The newest batches first, as `velo status --json` prints them."""
+        r = conn()
+        found = [status_mod.describe(r, b) for b in status_mod.batch_ids(r, limit)]
+        return {"batches": [b for b in found if b], "workers": status_mod.workers(r, queue)}
+
+    @api.get("/{batch_id}")
+    def batch(batch_id: str) -> dict[str, Any]:
+        """One batch, as `velo status BATCH --json` prints it."""
+        found = status_mod.describe(conn(), batch_id)
+        if found is None:
+            raise HTTPException(404, f"no batch {batch_id!r} in Redis")
+        return found
+
+    @api.get("/{batch_id}/failures")
+    def failures(batch_id: str) -> dict[str, Any]:
+        """The batch's failed files, each with its one-line reason."""
+        return {"id": batch_id, "failures": batch(batch_id)["failures"]}
+
+    @api.post("/{batch_id}/retry", dependencies=guard)
+    def retry(batch_id: str) -> dict[str, Any]:
+        """Enqueue the batch's failed (and lost) files again, as `velo retry`."""
+        r = conn()
+        if status_mod.describe(r, batch_id, with_failures=False, lost=0) is None:
+            raise HTTPException(404, f"no batch {batch_id!r} in Redis")
+        count, gone = retry_failed(r, batch_id)
+        return {"id": batch_id, "enqueued": count, "gone": gone}
+
+    return api
