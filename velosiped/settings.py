@@ -30,6 +30,7 @@ __all__ = [
     "S3_BACKOFF_MAX",
     "S3_READ_TIMEOUT",
     "S3_RETRIES",
+    "SERVE_CONFIG",
     "SHARD_SIZE",
     "STATE_DIR",
     "THREADS",
@@ -168,6 +169,9 @@ API_TOKEN: Setting[str] = Setting(
 )
 """`velo serve`: when set, dispatch and retry through the API want ``Authorization: Bearer <token>``,
 and only then may it listen beyond loopback. Never shown in any output."""
+
+SERVE_CONFIG: Setting[str] = Setting("VELO_SERVE_CONFIG", "", str, "set by `velo serve` for its own processes")
+"""How `velo serve` hands its options (JSON) to uvicorn's worker processes; not for users."""
 
 # ------------------------------------------------------------------------------ storage trouble
 

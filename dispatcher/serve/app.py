@@ -7,7 +7,6 @@ import contextlib
 import hmac
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass
@@ -36,8 +35,7 @@ __all__ = ["CONFIG_ENV", "ServeConfig", "create_app", "from_env"]
 
 log = logging.getLogger(__name__)
 
-CONFIG_ENV = "VELO_SERVE_CONFIG"
-"""How `velo serve` hands its options to uvicorn's worker processes (JSON)."""
+CONFIG_ENV = settings.SERVE_CONFIG.env
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -62,7 +60,7 @@ class TooLarge(Exception):
 
 def from_env() -> FastAPI:
     """uvicorn's factory in each worker process: the app for the options `velo serve` was given."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    return create_app(ServeConfig(**json.loads(settings.SERVE_CONFIG.get())))
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:

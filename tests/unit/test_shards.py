@@ -369,7 +369,8 @@ def test_a_poison_row_fails_the_file_once_without_output_and_retry_splits_the_fi
     b = describe(redis, batch.id)
     assert (b["total"], b["done"], b["failed"], b["running"]) == (1, 0, 1, 0)
     [failure] = b["failures"]
-    assert failure["error"].startswith(f"{src} (shard 3 of 3, bytes {start}-{end}): column 'f2' holds")
+    assert failure["error"].startswith(f"{src} (shard 3 of 3, bytes {start}-{end}): row ")  # the shard's own row
+    assert "column 'f2' holds non-numeric value 'oops'" in failure["error"]
     assert "\n" not in failure["error"]
     # And no output, no parts, the reason in the error file
     names = sorted(p.name for p in (tmp_path / "in").iterdir())
