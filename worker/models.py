@@ -19,7 +19,7 @@ import botocore.exceptions
 from threadpoolctl import threadpool_limits
 
 from velosiped import settings, storage
-from velosiped.access import MODEL_PREFIXES_ENV, check_prefix
+from velosiped.access import check_prefix
 from velosiped.errors import InputError, VeloError
 from velosiped.models import sha256_of
 from worker import metrics
@@ -124,7 +124,7 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
         model, digest = _cache[key]
         _check_pin(uri, digest, sha256)
         return model
-    check_prefix(uri, MODEL_PREFIXES_ENV, "model")
+    check_prefix(uri, settings.MODEL_PREFIXES, "model")
     path = _local_copy(uri, version)
     global loads
     started = time.perf_counter()

@@ -16,8 +16,8 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from velosiped import keys, payloads, storage
-from velosiped.access import MODEL_PREFIXES_ENV, check_path
+from velosiped import keys, payloads, settings, storage
+from velosiped.access import check_path
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
 from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
 from velosiped.state import FileState, get_state, set_state
@@ -133,7 +133,7 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
 def _check_paths(p: Payload) -> None:
     check_path(p["input"])
     check_path(p["output"])
-    check_path(p["model"], MODEL_PREFIXES_ENV)
+    check_path(p["model"], settings.MODEL_PREFIXES)
 
 
 def _score(p: Payload, job: Job, started: float) -> tuple[int, int | None]:
