@@ -19,7 +19,7 @@ import botocore.exceptions
 from threadpoolctl import threadpool_limits
 
 from velosiped import settings, storage
-from velosiped.access import check_prefix
+from velosiped.access import check_path
 from velosiped.errors import InputError, VeloError
 from velosiped.models import sha256_of
 from worker import metrics
@@ -124,13 +124,13 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
         model, digest = _cache[key]
         _check_pin(uri, digest, sha256)
         return model
-    check_prefix(uri, settings.MODEL_PREFIXES, "model")
-    path = _local_copy(uri, version)
+    path = _local_copy(check_path(uri, settings.MODEL_PREFIXES), version)
     global loads
     started = time.perf_counter()
     # One open file, hashed then unpickled: a model swapped in by a rename after the hash (a new
     # file at the path) is never the one loaded. The pin is checked before any byte is unpickled.
-    with open(path, "rb") as f:
+    # The path checked, resolved, is the one opened; O_NOFOLLOW: a symlink swapped in since is refused.
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
         digest = sha256_of(f)
         _check_pin(uri, digest, sha256)
         if version.startswith("sha256:") and version != "sha256:" + digest:
