@@ -89,6 +89,23 @@ def model_bytes(model) -> bytes:
     return buffer.getvalue()
 
 
+class Boobytrap:
+    """Unpickling it creates `marker`: the proof that a model file was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = Path(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def boobytrapped_model(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(Boobytrap(marker), path)
+    assert not marker.exists(), "dumping the booby-trapped model ran it"
+    return path
+
+
 # ------------------------------------------------------------------------------------- expected output
 
 

@@ -21,7 +21,7 @@ import botocore.exceptions
 from threadpoolctl import threadpool_limits
 
 from velosiped import settings, storage
-from velosiped.access import MODEL_PREFIXES_ENV, check_prefix
+from velosiped.access import check_path
 from velosiped.errors import InputError, VeloError
 from velosiped.models import sha256_of
 from worker import metrics
@@ -116,7 +116,7 @@ def _private_copy(path: str) -> Iterator[tuple[IO[bytes], str]]:
     os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder) as copy:
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
                 digest = sha256_of(f, copy_to=copy)
         except OSError as e:
             raise InputError(f"{path}: cannot read model ({e.strerror or e})") from e
@@ -141,14 +141,14 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
         model, digest = _cache[key]
         _check_pin(uri, digest, sha256)
         return model
-    check_prefix(uri, MODEL_PREFIXES_ENV, "model")
-    path = _local_copy(uri, version)
+    path = _local_copy(check_path(uri, settings.MODEL_PREFIXES), version)
     global loads
     started = time.perf_counter()
     # The bytes hashed are the bytes unpickled: they are copied, as they are hashed, into a file
     # no other process can open (unlinked at once), and unpickled from there. A model renamed
     # over, or rewritten in place, after the hash is never the one loaded. The pin is checked
-    # before any byte is unpickled.
+    # before any byte is unpickled. The path checked, resolved, is the one opened, with
+    # O_NOFOLLOW: a symlink swapped in since is refused.
     with _private_copy(path) as (f, digest):
         _check_pin(uri, digest, sha256)
         if version.startswith("sha256:") and version != "sha256:" + digest:

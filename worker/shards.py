@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from velosiped import keys, lua, storage
+from velosiped.access import check_output, check_path
 from velosiped.connection import as_text
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
 from velosiped.jobs import PARTS_SUFFIX, Payload, error_uri, lineage, shard_group, shard_of
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
 
-__all__ = ["drop_stale_error", "fail", "file_seconds", "name_of", "score", "settle"]
+__all__ = ["check_parts", "drop_stale_error", "fail", "file_seconds", "name_of", "score", "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ def _parts(p: Payload) -> str:
 
 def _part(p: Payload, index: int) -> str:
     return f"{_parts(p)}{index:05d}.part"
+
+
+def check_parts(p: Payload) -> None:
+    """Refuse the shard's parts folder unless it really lies under the allowed prefixes."""
+    check_path(_parts(p))
 
 
 def name_of(p: Payload) -> str:
@@ -193,11 +199,14 @@ def _assemble(redis: Redis, p: Payload) -> int | None:
     """Write the output from the parts, in order; the file's rows, or None if another job settled it."""
     count = shard_of(p)["count"]
     try:
+        check_parts(p)
         sizes = storage.list_sizes(_parts(p))
         parts = [(_part(p, i), sizes.get(_part(p, i), -1)) for i in range(count)]
         missing = [i for i, (_, size) in enumerate(parts) if size < 0]
         if missing:
             raise InputError(f"{p['input']}: part {missing[0] + 1} of {count} is missing")
+        for uri, _ in parts:  # a part may be a symlink of its own: it is read into the output
+            check_path(uri)
         _write(p["output"], parts, lineage(p))
     except (VeloError, OSError) as e:
         if settle(redis, p):  # a racing assembler finished first and removed the parts, or the file failed
@@ -216,8 +225,16 @@ def _assemble(redis: Redis, p: Payload) -> int | None:
 
 
 def _finish(redis: Redis, p: Payload, total: int) -> None:
-    """After assembly (maybe by another job): lineage, no stale error, done in the batch, no parts."""
-    storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(total)})
+    """After assembly (maybe by another job): lineage, no stale error, done in the batch, no parts.
+
+    Each step checks its own path: a refused one is left alone (settle runs before any other check).
+    """
+    try:
+        check_output(p["output"])
+    except ConfigError as e:
+        log.warning("%s: its lineage is not written: %s", p["input"], e)
+    else:
+        storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(total)})
     set_state(redis, p["batch"], p["input"], FileState.DONE, rows=total)
     drop_stale_error(p)  # after DONE: see worker.task._score_payload
     _clean(p)
@@ -231,6 +248,7 @@ def drop_stale_error(p: Payload) -> None:
     policy (AccessDenied on DELETE) must not turn a success into a failure.
     """
     try:
+        check_path(error_uri(p["output"]))  # a refused one is never deleted
         storage.delete(error_uri(p["output"]))
     except (VeloError, OSError) as e:
         log.warning("%s: scored, but its stale error file stays: %s", p["input"], e)
@@ -238,6 +256,7 @@ def drop_stale_error(p: Payload) -> None:
 
 def _clean(p: Payload) -> None:
     try:
+        check_parts(p)  # a refused folder is never emptied
         storage.delete_prefix(_parts(p))
     except (VeloError, OSError) as e:  # leftovers under .velo-parts/ are harmless: never inputs
         log.warning("%s: cannot remove its parts: %s", p["input"], e)

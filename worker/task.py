@@ -16,8 +16,8 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from velosiped import keys, payloads, storage
-from velosiped.access import MODEL_PREFIXES_ENV, check_path
+from velosiped import keys, payloads, settings, storage
+from velosiped.access import check_output, check_path
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
 from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
 from velosiped.state import FileState, get_state, set_state
@@ -131,9 +131,12 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
 
 
 def _check_paths(p: Payload) -> None:
+    """Every path the job will touch, where it really is (see :mod:`velosiped.access`)."""
     check_path(p["input"])
-    check_path(p["output"])
-    check_path(p["model"], MODEL_PREFIXES_ENV)
+    check_output(p["output"])
+    if p.get("shard"):
+        shards.check_parts(p)
+    check_path(p["model"], settings.MODEL_PREFIXES)
 
 
 def _score(p: Payload, job: Job, started: float) -> tuple[int, int | None]:
@@ -255,6 +258,11 @@ def _fields(p: Payload, job: Job, started: float, **more: Any) -> dict[str, Any]
 def _drop_outdated_output(p: Payload) -> None:
     """The input as it is now failed: an output Velosiped made from an older version of it goes, so
     no reader takes it for the current one (whole or absent holds for the current version)."""
+    try:  # a refused input or output is not even looked at
+        check_path(p["input"])
+        check_output(p["output"])
+    except ConfigError:
+        return
     made = storage.read_lineage(p["output"]) or {}
     old = made.get("velo-input-version")
     if old is None or old == p["input_version"]:
@@ -292,7 +300,7 @@ def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
         "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        check_path(p["output"])  # a refused path gets no error file either, and nothing deleted
+        check_output(p["output"])  # a refused path gets no error file either, and nothing deleted
         storage.write_json(error_uri(p["output"]), record)
         _drop_outdated_output(p)
     except Exception as e:  # the reason still reaches `velo status`

@@ -19,8 +19,8 @@ from dispatcher import status as status_mod
 from dispatcher.enqueue import add_files, create_batch, drop_if_empty, retry_failed
 from dispatcher.options import make_options
 from dispatcher.plan import plan
-from velosiped import storage
-from velosiped.access import ALLOWED_PREFIXES_ENV, MODEL_PREFIXES_ENV, check_prefix
+from velosiped import settings, storage
+from velosiped.access import check_path
 
 __all__ = ["DispatchRequest", "router"]
 
@@ -57,8 +57,8 @@ def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Req
     def dispatch(body: DispatchRequest) -> dict[str, Any]:
         """Plan and enqueue, as `velo dispatch`: the batch id and how many files were enqueued or skipped."""
         source, model = storage.normalize(body.source), storage.normalize(body.model)
-        check_prefix(source, ALLOWED_PREFIXES_ENV, "source")
-        check_prefix(model, MODEL_PREFIXES_ENV, "model")
+        check_path(source)
+        check_path(model, settings.MODEL_PREFIXES)
         o = body.options
         opts = make_options(
             source,
@@ -76,7 +76,7 @@ def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Req
             o.shard_size,
         )
         if opts.output:
-            check_prefix(opts.output, ALLOWED_PREFIXES_ENV, "output")
+            check_path(opts.output)
         r = conn()
         batch = create_batch(r, queue, source, opts)
         add_files(r, queue, batch, opts, list(plan(source, opts)), o.timeout)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 import posixpath
 import re
-from pathlib import Path
 
 import joblib
 import pytest
@@ -20,6 +18,7 @@ import redis
 from helpers import (
     assert_clean_error,
     assert_output_matches,
+    boobytrapped_model,
     csv_bytes,
     dump_model,
     expected_output,
@@ -46,23 +45,6 @@ INLINE_TASK = "worker.task.score_file"
 BY_REFERENCE = TASK
 """A hostile entry naming TASK with one payload argument is pushed as a real job is: the payload
 written where a worker looks for it, the job naming no argument."""
-
-
-class Boobytrap:
-    """Unpickling it creates `marker`: the proof that a model file was loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = Path(marker)
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
-
-
-def boobytrapped_model(path: Path, marker: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(Boobytrap(marker), path)
-    assert not marker.exists(), "dumping the booby-trapped model ran it"
-    return path
 
 
 def test_the_boobytrap_goes_off_when_unpickled(tmp_path):
