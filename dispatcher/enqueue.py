@@ -17,7 +17,7 @@ from dispatcher.lost import find_lost
 from velosiped import keys, lua, payloads, settings, storage
 from velosiped.connection import as_text
 from velosiped.errors import InputError
-from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, shard_group
+from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, queued_description, shard_group
 from velosiped.rqapi import make_queue, queued_job_fields
 from velosiped.state import FileState, set_state
 
@@ -126,11 +126,12 @@ def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
     return cleared
 
 
-def _template(q: Queue, timeout: int) -> list[Any]:
-    """What RQ writes into a job's hash for a Velosiped job (no argument: its payload is apart)."""
+def _template(q: Queue, timeout: int, batch: str) -> list[Any]:
+    """What RQ writes into a job's hash for a Velosiped job of ``batch`` (no argument: its payload is apart)."""
     job = q.create_job(
         TASK,
         job_id="velo-template",
+        description=queued_description(batch),
         timeout=timeout,
         # The outcome lives in the batch; RQ keeps the finished job a while only because its
         # result_ttl=0 path deletes through the job's executions and fails on one whose
@@ -175,7 +176,7 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
     first = files[0][0]
     batch_id = first["batch"]
     digest, options = payloads.pack_options(first)
-    template = _template(q, timeout)
+    template = _template(q, timeout, batch_id)
     job_keys: list[str] = []
     args: list[Any] = [q.key, keys.options(digest), options, f"{time.time():.3f}", len(template), *template]
     for group, group_ids in zip(files, ids, strict=True):
