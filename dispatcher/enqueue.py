@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from rq import Callback, Retry
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from dispatcher import sharding
 from dispatcher.lost import find_lost
@@ -117,7 +119,11 @@ def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
     for jid, st in zip(ids, _job_statuses(redis, ids), strict=True):
         if st is None or st in _ACTIVE:
             continue
-        job = Job(jid, connection=redis)
+        try:  # fetched, not just named: its registry (failed, finished) is found by its queue
+            job = Job.fetch(jid, connection=redis, serializer=JSONSerializer)
+        except NoSuchJobError:  # expired meanwhile
+            cleared.add(jid)
+            continue
         try:
             job.delete()
         except ValueError:  # RQ trips on an execution record that expired with a dead worker
@@ -316,6 +322,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     redis.hdel(keys.batch(batch_id), "lost_found", "lost_checked_at")  # `velo status`'s count, now stale
     queue, shard_size = redis.hmget(keys.batch(batch_id), ["queue", "shard_size"])
     gone: list[str] = []
+    stale: list[str] = []  # the failed files' jobs, in RQ's failed registry
     by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)
     for file in [*failed, *lost]:
         payload = _failed_payload(redis, batch_id, file) if file not in lost else _lost_payload(redis, lost[file])
@@ -323,6 +330,8 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
         if payload is None or info is None:
             gone.append(file)
             continue
+        if file not in lost:
+            stale.append(job_id(payload))
         payload.pop("shard", None)
         payload["input_version"] = info.version  # the user may have fixed the file
         group = sharding.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
@@ -330,6 +339,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     name = as_text(queue) if queue else "velo"
     chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
     count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
+    _clear_finished(redis, stale)  # `rq info` stops counting them failed (one enqueued again is queued: kept)
     return count, gone
 
 

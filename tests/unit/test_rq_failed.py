@@ -105,22 +105,33 @@ def test_a_file_whose_worker_died_every_time_is_scored_when_rq_requeues_it(redis
     assert len(read_output(data / "f.out.csv")) == 6
 
 
-def test_a_requeued_job_whose_file_was_retried_and_done_since_does_nothing(redis, one_file):
+def test_velo_retry_takes_the_files_failed_job_out_of_rqs_failed_registry(redis, one_file):
+    data, opts = one_file
+    batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
+    q = make_queue(redis, "velo")
+    work(redis)
+    assert len(q.failed_job_registry.get_job_ids()) == 1
+    (data / "f.csv").write_bytes(csv_bytes(make_frame(6, seed=5)))
+    assert retry_failed(redis, batch.id) == (1, [])
+    work(redis)
+    assert describe(redis, batch.id)["done"] == 1
+    assert q.failed_job_registry.get_job_ids() == []  # `rq info` no longer counts it failed
+
+
+def test_a_requeued_job_whose_file_is_done_since_does_nothing(redis, one_file):
     data, opts = one_file
     batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
     q = make_queue(redis, "velo")
     work(redis)
     [jid] = q.failed_job_registry.get_job_ids()
-    (data / "f.csv").write_bytes(csv_bytes(make_frame(6, seed=5)))
-    assert retry_failed(redis, batch.id) == (1, [])
-    work(redis)
-    output = (data / "f.out.csv").stat().st_mtime_ns
+    set_state(redis, batch.id, str(data / "f.csv"), FileState.RUNNING)  # done by another run meanwhile
+    set_state(redis, batch.id, str(data / "f.csv"), FileState.DONE, rows=6)
 
     q.failed_job_registry.requeue(jid)
     work(redis)
 
     assert q.fetch_job(jid).get_status() == JobStatus.FINISHED
-    assert (data / "f.out.csv").stat().st_mtime_ns == output  # not scored again
+    assert not (data / "f.out.csv").exists()  # not scored again
     assert describe(redis, batch.id)["done"] == 1
 
 
