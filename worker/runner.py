@@ -172,7 +172,7 @@ class VeloWorker(SimpleWorker):
             self.handle_job_failure(job, queue=queue, exc_string=str(e), execution=execution)
             return
         if payload is not None:
-            name_job(job, payload)
+            name_job(job, payload if not rerun else {**payload, "shard": None})  # a rerun is whole
         execution = self.prepare_execution(job)
         stop = threading.Event()
 

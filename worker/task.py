@@ -148,10 +148,10 @@ def _as_now(p: Payload) -> Payload:
     info = storage.head(p["input"])
     if info is None:
         raise InputError(f"{p['input']}: not found any more; nothing to score")
-    now: dict[str, Any] = {k: v for k, v in p.items() if k != "shard"}
-    now["input_version"] = info.version
+    now: Payload = {**p, "input_version": info.version}
+    now.pop("shard", None)
     log.info("%s: a failed file's job run again; scoring it as it is now", p["input"])
-    return now  # type: ignore[return-value]
+    return now
 
 
 def _check_paths(p: Payload) -> None:
