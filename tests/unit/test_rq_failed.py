@@ -13,6 +13,7 @@ from dispatcher.plan import Options, plan
 from dispatcher.status import describe
 from tests.helpers import csv_bytes, dump_model, fit_model, make_frame, read_output
 from velosiped import keys, payloads, storage
+from velosiped.errors import FileFailed
 from velosiped.models import version_of
 from velosiped.rqapi import make_queue
 from velosiped.state import FileState, set_state
@@ -149,3 +150,15 @@ def test_a_requeued_job_whose_kept_payload_was_tampered_with_is_refused(redis, o
 
     assert "refused" in q.fetch_job(jid).latest_result().exc_string
     assert not (data / "f.out.csv").exists()
+
+
+def test_the_failure_callback_leaves_a_failure_the_job_recorded_alone(redis, one_file):
+    data, opts = one_file
+    batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
+    job = make_queue(redis, "velo").jobs[0]
+    # RQ runs the callback before it fails the job; the job recorded its file's failure already
+    job.retries_left = 0
+    task.on_job_failure(job, redis, FileFailed, FileFailed("the recorded reason"), None)
+    assert describe(redis, batch.id)["failed"] == 0  # nothing recorded again, nothing overwritten
+    assert not (data / "f.out.csv.error.json").exists()
+    assert payloads.load(redis, job.id) is not None
