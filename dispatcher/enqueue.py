@@ -10,14 +10,16 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from rq import Callback, Retry
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from dispatcher import sharding
 from dispatcher.lost import find_lost
 from velosiped import keys, lua, payloads, settings, storage
 from velosiped.connection import as_text
 from velosiped.errors import InputError
-from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, shard_group
+from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, queued_description, shard_group
 from velosiped.rqapi import make_queue, queued_job_fields
 from velosiped.state import FileState, set_state
 
@@ -125,7 +127,11 @@ def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
     for jid, st in zip(ids, job_statuses(redis, ids), strict=True):
         if st is None or st in ACTIVE:
             continue
-        job = Job(jid, connection=redis)
+        try:  # fetched, not just named: its registry (failed, finished) is found by its queue
+            job = Job.fetch(jid, connection=redis, serializer=JSONSerializer)
+        except NoSuchJobError:  # expired meanwhile
+            cleared.add(jid)
+            continue
         try:
             job.delete()
         except ValueError:  # RQ trips on an execution record that expired with a dead worker
@@ -134,11 +140,12 @@ def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
     return cleared
 
 
-def _template(q: Queue, timeout: int) -> list[Any]:
-    """What RQ writes into a job's hash for a Velosiped job (no argument: its payload is apart)."""
+def _template(q: Queue, timeout: int, batch: str) -> list[Any]:
+    """What RQ writes into a job's hash for a Velosiped job of ``batch`` (no argument: its payload is apart)."""
     job = q.create_job(
         TASK,
         job_id="velo-template",
+        description=queued_description(batch),
         timeout=timeout,
         # The outcome lives in the batch; RQ keeps the finished job a while only because its
         # result_ttl=0 path deletes through the job's executions and fails on one whose
@@ -183,7 +190,7 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
     first = files[0][0]
     batch_id = first["batch"]
     digest, options = payloads.pack_options(first)
-    template = _template(q, timeout)
+    template = _template(q, timeout, batch_id)
     job_keys: list[str] = []
     args: list[Any] = [q.key, keys.options(digest), options, f"{time.time():.3f}", len(template), *template]
     for group, group_ids in zip(files, ids, strict=True):
@@ -323,6 +330,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     redis.hdel(keys.batch(batch_id), "lost_found", "lost_checked_at")  # `velo status`'s count, now stale
     queue, shard_size = redis.hmget(keys.batch(batch_id), ["queue", "shard_size"])
     gone: list[str] = []
+    stale: list[str] = []  # the failed files' jobs, in RQ's failed registry
     by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)
     for file in [*failed, *lost]:
         payload = _failed_payload(redis, batch_id, file) if file not in lost else _lost_payload(redis, lost[file])
@@ -330,6 +338,8 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
         if payload is None or info is None:
             gone.append(file)
             continue
+        if file not in lost:
+            stale.append(job_id(payload))
         payload.pop("shard", None)
         payload["input_version"] = info.version  # the user may have fixed the file
         group = sharding.expand(payload, _bounds(info, int(shard_size or 0), payload["encoding"]))
@@ -337,6 +347,7 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     name = as_text(queue) if queue else "velo"
     chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
     count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
+    _clear_finished(redis, stale)  # `rq info` stops counting them failed (one enqueued again is queued: kept)
     return count, gone
 
 

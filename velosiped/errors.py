@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["ConfigError", "InputError", "StorageError", "TransientError", "VeloError", "redact", "scrub"]
+__all__ = ["ConfigError", "FileFailed", "InputError", "StorageError", "TransientError", "VeloError", "redact", "scrub"]
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
@@ -76,6 +76,13 @@ class TransientError(VeloError):
     def __init__(self, message: str, brief: str = "") -> None:
         super().__init__(message)
         self.brief = brief or message
+
+
+class FileFailed(Exception):
+    """A file's failure is recorded (error file, batch state): its RQ job ends failed with this
+    one-line reason as its ``exc_info``, and RQ does not run it again on its own (see worker.runner).
+
+    Not a VeloError: it reports an outcome already recorded, never a new problem."""
 
 
 # Exit codes of every `velo` command, named (as dramatiq's RET_OK...); exit_code() alone maps an

@@ -20,11 +20,14 @@ __all__ = [
     "TASK",
     "Payload",
     "Shard",
+    "describe",
     "error_uri",
     "job_id",
+    "job_meta",
     "lineage",
     "params_key",
     "payload_params",
+    "queued_description",
     "shard_group",
     "shard_of",
     "validate",
@@ -160,6 +163,31 @@ def lineage(payload: Payload) -> dict[str, str]:
         "velo-params": payload_params(payload),
         "velo-batch": payload["batch"],
     }
+
+
+def describe(p: Payload) -> str:
+    """What RQ's tools (`rq info`, rq-dashboard) show as the job's description."""
+    shard = p.get("shard")
+    part = f" shard {shard['index'] + 1}/{shard['count']}" if shard else ""
+    return f"score {p['input']}{part} -> {p['output']} (batch {p['batch']})"
+
+
+def job_meta(p: Payload) -> dict[str, Any]:
+    """The job's RQ meta: which file, output and batch it is (and a failed job's requeue finds its
+    payload by them: see velosiped.payloads.of_failed_job)."""
+    meta: dict[str, Any] = {"input": p["input"], "output": p["output"], "batch": p["batch"]}
+    shard = p.get("shard")
+    if shard:
+        meta["shard"] = f"{shard['index'] + 1}/{shard['count']}"
+    return meta
+
+
+def queued_description(batch: str) -> str:
+    """A queued job's description: its batch only, in the bytes RQ's own ``worker.task.score()``
+    took (a Redis allocation class: 0 B more per queued file, measured). Naming its file too
+    would push the job hash past Redis's compact-hash limit (64-byte values), ~1 KB more per
+    queued file; the worker writes :func:`describe` when it takes the job."""
+    return f"velo batch {batch}"
 
 
 def error_uri(output: str) -> str:

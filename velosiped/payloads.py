@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from velosiped import keys
 from velosiped.errors import InputError
 from velosiped.jobs import Payload, validate
+from velosiped.state import FileState, get_state
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -34,6 +35,7 @@ __all__ = [
     "drop",
     "for_job",
     "load",
+    "of_failed_job",
     "of_job",
     "pack_options",
     "pack_own",
@@ -121,20 +123,52 @@ def of_job(job: Job, redis: Redis) -> Payload | None:
     return load(redis, job.id)
 
 
-_checked: ContextVar[tuple[str, Payload | None]] = ContextVar("velo_checked_payload")
+def of_failed_job(job: Job, redis: Redis) -> Payload | None:
+    """The payload of a failed file's job run again by RQ's own tools (`rq requeue`), whose own
+    payload was dropped when the failure was recorded: the one kept for `velo retry` in its batch
+    (``keys.batch_jobs``), found by the job's meta (``jobs.job_meta``, written when it first ran).
+
+    None unless the meta names a file that is failed in its batch now; InputError if what is
+    kept is not a valid payload."""
+    meta = job.meta
+    batch, file = meta.get("batch"), meta.get("input")
+    if not isinstance(batch, str) or not isinstance(file, str):
+        return None
+    if get_state(redis, batch, file) is not FileState.FAILED:
+        return None  # done, or not a file of that batch: nothing to do again
+    raw = redis.hget(keys.batch_jobs(batch), file)
+    if raw is None:
+        return None
+    try:
+        kept = json.loads(raw)
+    except ValueError as e:
+        raise InputError(f"job payload kept for {file} is not JSON ({e})") from e
+    p = validate(kept)
+    if (p["batch"], p["input"]) != (batch, file):
+        raise InputError(f"job payload kept for {file} names another file")
+    return p
 
 
-def remember(job_id: str, payload: Payload | None) -> None:
-    """Keep the payload the worker just read and checked for the job it runs next."""
-    _checked.set((job_id, payload))
+_checked: ContextVar[tuple[str, Payload | None, bool]] = ContextVar("velo_checked_payload")
 
 
-def for_job(redis: Redis, job_id: str) -> Payload | None:
-    """The running job's payload: as the worker checked it (one Redis read a job, not two), else read."""
+def remember(job_id: str, payload: Payload | None, rerun: bool = False) -> None:
+    """Keep the payload the worker just read and checked for the job it runs next (``rerun``: a
+    failed file's, see :func:`of_failed_job`)."""
+    _checked.set((job_id, payload, rerun))
+
+
+def for_job(redis: Redis, job: Job) -> tuple[Payload | None, bool]:
+    """The running job's (payload, whether it is a failed file's run again): as the worker checked
+    it (one Redis read a job, not two), else read."""
     checked = _checked.get(None)
-    if checked is not None and checked[0] == job_id:
-        return checked[1]
-    return load(redis, job_id)
+    if checked is not None and checked[0] == job.id:
+        return checked[1], checked[2]
+    p = load(redis, job.id)
+    if p is not None:
+        return p, False
+    p = of_failed_job(job, redis)
+    return p, p is not None
 
 
 def drop(redis: Redis, job_id: str) -> None:

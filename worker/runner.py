@@ -35,6 +35,7 @@ from typing import Any
 import redis
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -45,8 +46,8 @@ from rq.worker_pool import WorkerPool
 
 from velosiped import logs, payloads, settings, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
-from velosiped.errors import EXIT_USAGE, InputError, redact
-from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload
+from velosiped.errors import EXIT_USAGE, FileFailed, InputError, redact
+from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, describe, job_meta
 from velosiped.rqapi import VeloQueue, make_queue
 from worker import metrics, models
 
@@ -62,21 +63,32 @@ class JobRefused(Exception):
     """A job in the queue that is not a Velosiped scoring job: never imported, never run."""
 
 
-def check_job(job: Job) -> Payload | None:
+def check_job(job: Job) -> tuple[Payload | None, bool]:
     """Refuse anything but ``score()`` without arguments and with a valid payload in Redis, whatever
-    was pushed into Redis; the payload (None: its outcome is recorded, the job says so)."""
+    was pushed into Redis; (the payload, whether it is a failed file's job run again by `rq
+    requeue`: its payload kept in the batch). None: its outcome is recorded, the job says so."""
     if job.func_name != TASK:
         raise JobRefused(f"job {job.id}: function {job.func_name!r} is not {TASK}; refused")
     if job.args or job.kwargs:
         raise JobRefused(f"job {job.id}: {TASK} takes no arguments; refused")
-    try:
-        payload = payloads.of_job(job, job.connection)
-    except InputError as e:
-        raise JobRefused(f"job {job.id}: {e}; refused") from e
     callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
     if any(c not in (None, FAILURE_CALLBACK) for c in callbacks):
         raise JobRefused(f"job {job.id}: callbacks other than {FAILURE_CALLBACK}; refused")
-    return payload
+    try:
+        payload = payloads.of_job(job, job.connection)
+        if payload is not None:
+            return payload, False
+        payload = payloads.of_failed_job(job, job.connection)
+    except InputError as e:
+        raise JobRefused(f"job {job.id}: {e}; refused") from e
+    return payload, payload is not None
+
+
+def name_job(job: Job, p: Payload) -> None:
+    """Write which file, output and batch the job scores where RQ's tools show them (description,
+    meta): a queued job names only its batch (velosiped.jobs.queued_description)."""
+    job.description, job.meta = describe(p), job_meta(p)
+    job.connection.hset(job.key, mapping={"description": job.description, "meta": job._serialize_meta()})
 
 
 class VeloWorker(SimpleWorker):
@@ -123,9 +135,39 @@ class VeloWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return settings.HEARTBEAT_TTL.get()
 
+    _failed: tuple[str, str, int | None] | None = None
+    """(job id, reason, RQ retries it had) of the file that failed in the job in hand: see handle_exception."""
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        if isinstance(exc_info[1], FileFailed):
+            # Recorded and logged by the job already: RQ fails it with the one-line reason (not a
+            # traceback of Velosiped's insides), and does not run it again on its own (its retries
+            # are for workers that die: see dispatcher.enqueue.RETRIES).
+            self._failed = (job.id, str(exc_info[1]), job.retries_left)
+            job.retries_left = 0
+            return
+        super().handle_exception(job, *exc_info)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        failed, self._failed = self._failed, None
+        if failed is None or failed[0] != job.id:
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+            return
+        super().handle_job_failure(job, queue, started_job_registry, failed[1], execution)
+        if failed[2]:  # `rq requeue` of it then gets them again, for a worker dying under it
+            self.connection.hset(job.key, "retries_left", failed[2])
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
-            payloads.remember(job.id, check_job(job))
+            payload, rerun = check_job(job)
+            payloads.remember(job.id, payload, rerun)
         except JobRefused as e:
             self.log.error("%s", e)
             payloads.drop(self.connection, job.id)
@@ -134,6 +176,8 @@ class VeloWorker(SimpleWorker):
             execution = self.prepare_execution(job)
             self.handle_job_failure(job, queue=queue, exc_string=str(e), execution=execution)
             return
+        if payload is not None:
+            name_job(job, payload if not rerun else {**payload, "shard": None})  # a rerun is whole
         execution = self.prepare_execution(job)
         stop = threading.Event()
 

@@ -18,7 +18,7 @@ from rq.timeouts import JobTimeoutException
 
 from velosiped import keys, payloads, settings, storage
 from velosiped.access import check_output, check_path
-from velosiped.errors import ConfigError, InputError, TransientError, VeloError
+from velosiped.errors import ConfigError, FileFailed, InputError, TransientError, VeloError
 from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
 from velosiped.state import FileState, get_state, set_state
 from velosiped.storage.base import causes
@@ -31,33 +31,43 @@ log = logging.getLogger(__name__)
 
 
 def score() -> dict[str, Any]:
-    """The job the dispatcher queues: score the file whose payload waits in Redis under the job's id."""
+    """The job the dispatcher queues: score the file whose payload waits in Redis under the job's id.
+
+    A file that fails is a failed RQ job (:class:`FileFailed`, its one-line reason as RQ's
+    ``exc_info``), once its failure is recorded; RQ's own ``rq requeue`` of it scores the file
+    as it is now, as ``velo retry`` does.
+    """
     job = get_current_job()
     if job is None:
         raise RuntimeError("worker.task.score runs only as an RQ job")
-    p = payloads.for_job(job.connection, job.id)
+    p, rerun = payloads.for_job(job.connection, job)
     if p is None:  # an earlier run of this job recorded the file's outcome and dropped the payload
         log.info("job %s: its file's outcome is recorded already; nothing to do", job.id)
         return {"rows": 0, "settled": True}
-    result = _score_payload(p, job)
+    result = _score_payload(p, job, rerun)
     payloads.drop(job.connection, job.id)  # the outcome is recorded: done, failed or settled
+    if "failed" in result:  # kept for `velo retry` and `rq requeue` in the batch (see _fail)
+        raise FileFailed(result["failed"])
     return result
 
 
-def _score_payload(p: Payload, job: Job) -> dict[str, Any]:
+def _score_payload(p: Payload, job: Job, rerun: bool = False) -> dict[str, Any]:
     """Score one file (or shard) as its payload says (see :mod:`velosiped.jobs`), checked by the worker.
 
-    Bad input fails the file once (error recorded, job finished); after transient storage
+    Bad input fails the file once (error recorded, not retried); after transient storage
     trouble the file is tried again with backoff (:mod:`worker.backoff`), and recorded as
-    failed only when every attempt failed.
+    failed only when every attempt failed. ``rerun``: a failed file's job run again (`rq
+    requeue`): the input is taken as it is now, whole.
     """
     redis = job.connection
-    if p.get("shard") and shards.settle(redis, p):
+    if p.get("shard") and not rerun and shards.settle(redis, p):
         log.info("%s: its file is settled already; nothing to do", shards.name_of(p))
         return {"rows": 0, "settled": True}
-    set_state(redis, p["batch"], p["input"], FileState.RUNNING)
+    set_state(redis, p["batch"], p["input"], FileState.RUNNING)  # failed -> running: a rerun
     started = time.perf_counter()
     try:
+        if rerun:
+            p = _as_now(p)
         rows, total = _score(p, job, started)
     except TransientError as e:  # every attempt failed: recorded, and the next dispatch tries it again
         log.error("%s", e, extra=_fields(p, job, started))
@@ -100,9 +110,11 @@ def _score_payload(p: Payload, job: Job) -> dict[str, Any]:
 def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
     """RQ failure callback: once a file's job will not be retried again, record why it failed.
 
-    Covers what the job cannot record itself: transient errors that outlived the retries, and
-    files whose worker died (``kill -9``, out of memory) on every attempt.
+    Covers what the job cannot record itself: errors that escaped it and outlived RQ's retries,
+    and files whose worker died (``kill -9``, out of memory) on every attempt.
     """
+    if isinstance(exc_type, type) and issubclass(exc_type, FileFailed):
+        return  # the job recorded its file's failure itself: that record stands
     if job.retries_left:
         return  # RQ will run it again
     try:
@@ -128,6 +140,18 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
     metrics.file_failed(kind)
     _fail(p, reason, connection, kind)
     payloads.drop(connection, job.id)
+
+
+def _as_now(p: Payload) -> Payload:
+    """A failed file's payload for a run again, as `velo retry` plans it: the input's current
+    version, the file whole (its shards' plan was for the version that failed)."""
+    info = storage.head(p["input"])
+    if info is None:
+        raise InputError(f"{p['input']}: not found any more; nothing to score")
+    now: Payload = {**p, "input_version": info.version}
+    now.pop("shard", None)
+    log.info("%s: a failed file's job run again; scoring it as it is now", p["input"])
+    return now
 
 
 def _check_paths(p: Payload) -> None:
@@ -278,7 +302,8 @@ def _drop_outdated_output(p: Payload) -> None:
 
 def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
     """Record the file's failure; ``kind`` (see :data:`velosiped.jobs.FAILED_FOR_GOOD`) tells the
-    next dispatch whether to try it again."""
+    next dispatch whether to try it again. ``{"failed": reason}`` when this recorded it (its job
+    then ends failed), ``{"error": reason}`` when an outcome recorded before stands."""
     if p.get("shard") and shards.settle(redis, p):
         # Its file failed (or was assembled) meanwhile, e.g. another shard's bad row removed the
         # parts this one was writing: the file's first reason stands, this one is a consequence.
@@ -314,4 +339,5 @@ def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
         log.warning("%s; but it is done already, and that success stands", reason)
         redis.hdel(keys.batch_jobs(p["batch"]), p["input"])
         shards.drop_stale_error(p)
-    return {"error": reason}
+        return {"error": reason}
+    return {"failed": reason}

@@ -484,3 +484,34 @@ def _model_bytes(model) -> bytes:
     from tests.helpers import model_bytes
 
     return model_bytes(model)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["bad-shard-last", "bad-shard-first"])
+def test_rq_requeue_of_the_failed_shards_job_scores_the_fixed_file_whole(redis, tmp_path, model, reverse):
+    # Given a file split in 3 whose 3rd shard holds text in a feature column: it failed
+    frame = make_frame(3_000, seed=11)
+    frame["f2"] = frame["f2"].astype(object)
+    frame.loc[2_500, "f2"] = "oops"
+    src = tmp_path / "in" / "x.csv"
+    src.parent.mkdir()
+    src.write_bytes(csv_bytes(frame))
+    opts = options(tmp_path, model, shard_size=len(csv_bytes(frame)) // 3 + 1)
+    _, batch = dispatch(redis, str(tmp_path / "in"), opts)
+    work(redis, reverse=reverse)
+    q = make_queue(redis, "velo")
+    [failed] = q.failed_job_registry.get_job_ids()  # the shard that failed it; the others finished
+    assert "shard 3 of 3" in q.fetch_job(failed).latest_result().exc_string
+
+    # When the file is fixed and RQ's own requeue puts that shard's job back
+    frame.loc[2_500, "f2"] = 0.25
+    fixed = csv_bytes(frame)
+    src.write_bytes(fixed)
+    q.failed_job_registry.requeue(failed)
+    work(redis)
+
+    # Then the file is scored whole, as it is now, and done
+    b = describe(redis, batch.id)
+    assert (b["total"], b["done"], b["failed"], b["rows"]) == (1, 1, 0, 3_000), b
+    assert (tmp_path / "in" / "x.out.csv").read_bytes() == whole(fixed, model)
+    assert not (tmp_path / "in" / "x.out.csv.error.json").exists()
+    assert q.fetch_job(failed).description == f"score {src} -> {tmp_path / 'in' / 'x.out.csv'} (batch {batch.id})"
