@@ -337,7 +337,27 @@ def test_compose_worker_scales(compose: dict[str, Any]) -> None:
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
 
 
-@pytest.mark.parametrize("service", ["dispatcher", "worker"])
+def test_compose_serve_listens_on_loopback_of_the_host_with_a_token(compose: dict[str, Any]) -> None:
+    serve = compose["services"]["serve"]
+    name, params = parse_velo(serve["command"], "docker-compose.yml serve")
+    assert name == "serve" and params["host"] == "0.0.0.0" and params["model"].startswith("s3://velo/models/")
+    assert "VELO_API_TOKEN" in serve["environment"], "beyond loopback velo serve refuses to start without a token"
+    assert all(port.startswith("127.0.0.1:") for port in serve["ports"]), serve["ports"]
+
+
+def test_k8s_serve_has_probes_a_token_and_a_service(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    (container,) = k8s[("Deployment", "velo-serve")]["spec"]["template"]["spec"]["containers"]
+    name, params = parse_velo(container["args"], "infra/k8s/serve.yaml")
+    assert name == "serve" and params["host"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    secrets = [e["secretRef"] for e in container["envFrom"] if "secretRef" in e]
+    assert {"name": "velo-api"} in secrets, "the token's Secret must be required, not optional"
+    service = k8s[("Service", "velo-serve")]
+    assert service["spec"]["ports"][0]["port"] == params["port"]
+
+
+@pytest.mark.parametrize("service", ["dispatcher", "worker", "serve"])
 def test_compose_velo_environment(compose: dict[str, Any], service: str) -> None:
     env = compose["services"][service]["environment"]
     assert env["REDIS_URL"] == "redis://redis:6379/0"
