@@ -48,14 +48,15 @@ $(VENV)/.bench: $(BIN)/velo pyproject.toml
 	@touch $@
 
 .PHONY: bench
-bench: $(VENV)/.bench  ## Benchmarks, about 13 min on 2 cores from a fresh clone (FULL=1: every case); results in docs/BENCHMARKS.md
+bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk), about 16 min on 2 cores from a fresh clone (FULL=1: every case); results in docs/BENCHMARKS.md
 	@start=$$(date +%s); set -e; \
 	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
 	            "bench.dispatch_scale --files 50000 --reps 3 --million" \
 	            "bench.overhead --files 1000 $(if $(FULL),--full)" \
 	            "bench.big_file --size-mb 2000 --shard-mb 256 $(if $(FULL),--full)" \
 	            "bench.memory --size-gb 5 --s3-gb $(if $(FULL),1 --full,0.5)" \
-	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)"; do \
+	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)" \
+	            "bench.serve --reps 3 --seconds 10"; do \
 	  echo "$(BIN)/python -m $$step"; s=$$(date +%s); \
 	  $(BIN)/python -m $$step; \
 	  echo "make bench: $$step: $$(( $$(date +%s) - s )) s"; \
