@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 import redis
+from rich.console import Console
 from rich.table import Table
 
 from dispatcher import status as status_mod
@@ -178,24 +179,50 @@ def run(
     log_path = "" if dry_run else os.path.join(state_dir(), time.strftime("run-%Y%m%d-%H%M%S.log"))
     if log_path:
         log_to_file(log_path)
-    conn, url = redis_and_model(redis_url, opts, load_model=not dry_run)
     if dry_run:
+        conn, _ = redis_and_model(redis_url, opts, load_model=False)
         do_dispatch(conn, queue, source, opts, dry_run, timeout)
         return EXIT_OK
+    result = run_batch(source, opts, redis_url, queue, workers, timeout, log_path, err_console)
+    print_summary(result, result["skipped"], time.perf_counter() - started)
+    if result.get("lost"):  # their jobs were removed (`rq empty`) while we waited
+        err_console.print(f"velo: {remedy(result['id'], result['lost'])}", markup=False)
+        return EXIT_FILES_FAILED
+    return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
+
+
+def run_batch(
+    source: str,
+    opts: Options,
+    redis_url: str | None,
+    queue: str,
+    workers: int | None,
+    timeout: int,
+    log_path: str,
+    progress: Console,
+) -> dict[str, Any]:
+    """`velo run` without its summary: the batch as ``velo status --json`` describes it, with
+    ``skipped``, once every file has an outcome (a progress bar on ``progress`` meanwhile).
+
+    Raises:
+        Interrupted: Ctrl-C; the run's jobs are taken off the queue, its workers stopped.
+        ConfigError: the workers stopped before the batch finished.
+    """
+    conn, url = redis_and_model(redis_url, opts, load_model=True)
     # Workers start first, so they are ready when the first file is enqueued.
     # A local batch never imports boto3 (0.1-0.3 s of start-up); a job on S3 would import it then.
     s3 = storage.is_s3(source)
     created: list[str] = []
     try:
         with local_workers(url, opts, queue, workers or os.cpu_count() or 1, log_path, s3=s3) as procs:
-            batch = do_dispatch(conn, queue, source, opts, dry_run, timeout, created)
+            batch = do_dispatch(conn, queue, source, opts, False, timeout, created)
             assert batch is not None  # not a dry run
             alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
-            waited = status_mod.wait(conn, batch.id, err_console, alive=alive) if batch.enqueued else {}
+            waited = status_mod.wait(conn, batch.id, progress, alive=alive) if batch.enqueued else {}
             held = sum(p.reason == "already queued" for p in batch.planned)
-            adopted = adopt(conn, queue, batch, opts, timeout, err_console, alive)
+            adopted = adopt(conn, queue, batch, opts, timeout, progress, alive)
             if adopted.requeued:
-                waited = status_mod.wait(conn, batch.id, err_console, alive=alive)
+                waited = status_mod.wait(conn, batch.id, progress, alive=alive)
     except KeyboardInterrupt:
         # The workers are stopped (local_workers). Their jobs, queued or half done, leave Redis:
         # left there, they would make the same command, run again, skip their files as queued.
@@ -204,20 +231,15 @@ def run(
         raise Interrupted("interrupted; run the same command again to finish the remaining files") from None
     result = status_mod.describe(conn, batch.id, lost=waited.get("lost", 0)) or {"id": batch.id}  # none: no file
     # The files an earlier run left queued are this run's: counted as done or failed, not skipped
-    skipped = batch.skipped - held - adopted.requeued
+    result["skipped"] = batch.skipped - held - adopted.requeued
     result["total"] = result.get("total", 0) + adopted.done + len(adopted.failures)
     result["done"] = result.get("done", 0) + adopted.done
     result["rows"] = result.get("rows", 0) + adopted.rows
     result["failed"] = result.get("failed", 0) + len(adopted.failures)
     result["failures"] = result.get("failures", []) + [{"error": e} for e in adopted.failures]
-    if result.get("lost"):  # their jobs were removed (`rq empty`) while we waited
-        print_summary(result, skipped, time.perf_counter() - started)
-        err_console.print(f"velo: {remedy(batch.id, result['lost'])}", markup=False)
-        return EXIT_FILES_FAILED
-    if not result.get("finished", True):
+    if not result.get("lost") and not result.get("finished", True):
         raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
-    print_summary(result, skipped, time.perf_counter() - started)
-    return EXIT_FILES_FAILED if result.get("failed") else EXIT_OK
+    return result
 
 
 def redis_and_model(redis_url: str | None, opts: Options, *, load_model: bool) -> tuple[redis.Redis, str]:

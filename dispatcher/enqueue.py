@@ -37,6 +37,7 @@ __all__ = [
     "add_files",
     "cancel",
     "create_batch",
+    "dispatch_batch",
     "drop_if_empty",
     "enqueue_batch",
     "forget_expired",
@@ -306,6 +307,17 @@ def add_files(
         redis.zadd(keys.BATCHES, {batch.id: float(str(batch.description["created_at"]))})
     redis.hset(keys.batch(batch.id), mapping=mapping)
     return added
+
+
+def dispatch_batch(redis: Redis, queue: str, source: str, opts: Options, timeout: int = JOB_TIMEOUT) -> Batch:
+    """`velo dispatch` without its output: plan ``source``, record a batch, enqueue what needs
+    scoring (a batch that enqueued nothing is not kept)."""
+    from dispatcher.plan import plan
+
+    batch = create_batch(redis, queue, source, opts)
+    add_files(redis, queue, batch, opts, list(plan(source, opts)), timeout)
+    drop_if_empty(redis, batch)
+    return batch
 
 
 def enqueue_batch(

@@ -16,9 +16,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from dispatcher import status as status_mod
-from dispatcher.enqueue import add_files, create_batch, drop_if_empty, retry_failed
+from dispatcher.enqueue import dispatch_batch, retry_failed
 from dispatcher.options import make_options
-from dispatcher.plan import plan
 from velosiped import settings, storage
 from velosiped.access import check_path
 
@@ -77,10 +76,7 @@ def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Req
         )
         if opts.output:
             check_path(opts.output)
-        r = conn()
-        batch = create_batch(r, queue, source, opts)
-        add_files(r, queue, batch, opts, list(plan(source, opts)), o.timeout)
-        drop_if_empty(r, batch)
+        batch = dispatch_batch(conn(), queue, source, opts, o.timeout)
         return {"id": batch.id, "enqueued": batch.enqueued, "skipped": batch.skipped}
 
     @api.get("")

@@ -45,7 +45,13 @@ def top(module: str) -> str:
 
 
 def test_velosiped_imports_neither_side():
-    bad = [(p.name, m) for p in modules("velosiped") for m, _ in imports(p) if top(m) in {"dispatcher", "worker"}]
+    # The Python API (api.py) is the core's one door into the sides: inside its functions only
+    bad = [
+        (p.name, m)
+        for p in modules("velosiped")
+        for m, f in imports(p)
+        if top(m) in {"dispatcher", "worker"} and not (p.name == "api.py" and f is not None)
+    ]
     assert not bad, f"the shared core imports a side: {bad}"
 
 
