@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import tempfile
 from dataclasses import asdict
+from typing import Any
 
 from dispatcher.serve.app import CONFIG_ENV, ServeConfig
 from dispatcher.serve.served import Served
@@ -51,10 +53,19 @@ def serve(cfg: ServeConfig, host: str, port: int, workers: int) -> None:
         connect(cfg.redis_url)
     logs.configure("text")
     os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
-    if workers > 1:  # each process counts its own requests; /metrics adds them up
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="velo-serve-metrics-"))
+    made = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # each process counts its own
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="velo-serve-metrics-")
     import uvicorn
 
+    try:
+        _run(uvicorn, host, port, workers)
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _run(uvicorn: Any, host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "dispatcher.serve.app:from_env",
         factory=True,

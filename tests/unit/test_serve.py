@@ -210,3 +210,16 @@ def test_mutating_routes_want_the_token_when_one_is_set(model, tmp_path, monkeyp
         )
         assert told.status_code == 503 and "no Redis configured" in told.json()["error"]
         assert c.post("/predict", json=make_frame(1).to_dict(orient="records")).status_code == 200
+
+
+def test_api_batches_obey_the_allow_lists(model, tmp_path, monkeypatch):
+    monkeypatch.delenv("VELO_API_TOKEN", raising=False)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("VELO_ALLOWED_PREFIXES", str(allowed))
+    path = dump_model(model, allowed / "m.joblib")
+    with TestClient(create_app(ServeConfig(model=str(path))), raise_server_exceptions=False) as c:
+        outside = tmp_path / "secret"
+        outside.mkdir()
+        refused = c.post("/v1/batches", json={"source": str(outside), "model": str(path)})
+        assert refused.status_code == 400 and "outside VELO_ALLOWED_PREFIXES" in refused.json()["error"]
