@@ -23,9 +23,10 @@ from urllib.parse import unquote
 import psutil
 import redis
 from redis import Redis
+from redis import utils as redis_utils
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from velosiped import settings
 from velosiped.errors import ConfigError, redact, scrub
@@ -123,6 +124,29 @@ def _host_port(item: str) -> tuple[str, int]:
     return host, int(port or SENTINEL_PORT)
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """redis-py's connection to the primary a sentinel names, dropped when a read is cut short.
+
+    A plain ``Connection`` disconnects when a read fails or is interrupted (``disconnect_on_error``
+    defaults to True); redis-py's sentinel connection defaults to False and keeps the socket with
+    the reply still pending. RQ stops a worker by raising from its signal handler, often inside
+    BLPOP: the next command on that connection (the worker's goodbye, a MULTI/EXEC) then read the
+    BLPOP's late reply and failed ("Wrong number of response items from pipeline execution").
+    """
+
+    def read_response(
+        self,
+        disable_decoding: Any = False,
+        *,
+        timeout: float | object = redis_utils.SENTINEL,
+        disconnect_on_error: bool | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        return super().read_response(
+            disable_decoding, timeout=timeout, disconnect_on_error=disconnect_on_error, push_request=push_request
+        )
+
+
 def _sentinel_client(url: str, **kwargs: Any) -> Redis:
     """A client of the primary the sentinels of ``url`` name now, and after a failover the new one.
 
@@ -140,7 +164,12 @@ def _sentinel_client(url: str, **kwargs: Any) -> Redis:
         },
     )
     client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        parts.service, db=parts.db, username=parts.username, password=parts.password, **kwargs
+        parts.service,
+        db=parts.db,
+        username=parts.username,
+        password=parts.password,
+        connection_class=_SentinelConnection,
+        **kwargs,
     )
     return client
 

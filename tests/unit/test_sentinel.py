@@ -107,3 +107,25 @@ def test_a_failover_error_in_a_job_is_transient(error):
     # A file whose job meets the failover is tried again after a backoff, not failed
     found = _classify({"input": "in/a.csv"}, error)  # type: ignore[arg-type]
     assert isinstance(found, TransientError) and "Redis" in found.brief
+
+
+class Interrupted(Exception):
+    """What RQ's signal handler raises inside a blocking read (StopRequested)."""
+
+
+def test_a_read_cut_short_drops_the_connection(monkeypatch):
+    # Given a connection of a Sentinel client, waiting for a reply (BLPOP)
+    conn = redis_client(URL).connection_pool.make_connection()
+    dropped = []
+    monkeypatch.setattr(conn, "disconnect", lambda *a, **k: dropped.append(True))
+
+    def cut_short(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(conn._parser, "read_response", cut_short)
+    # When the read is cut short
+    with pytest.raises(Interrupted):
+        conn.read_response()
+    # Then the connection is dropped, not handed back with the reply still on its way (redis-py's
+    # sentinel connection keeps it by default: the next command would read that reply as its own)
+    assert dropped
