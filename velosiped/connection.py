@@ -277,13 +277,14 @@ def redis_client(url: str) -> Redis:
     Through sentinels this spans a failover too: a lost primary, the sentinels naming none
     (``MasterNotFoundError``) and a demoted one refusing writes (``ReadOnlyError``, turned into a
     ``ConnectionError`` by redis-py's sentinel connection) are all ``ConnectionError``s, and every
-    reconnection asks the sentinels again."""
+    reconnection asks the sentinels again. ``ReadOnlyError`` is retried on any client (after a
+    reconnection): a primary demoted behind a name that is then moved, as managed Redis does it."""
     return _client(
         url,
         socket_connect_timeout=5,
         health_check_interval=30,
         retry=Retry(ExponentialWithJitterBackoff(base=0.25, cap=5), retries=12),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError],
     )
 
 

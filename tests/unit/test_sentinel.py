@@ -78,7 +78,7 @@ def test_the_client_asks_the_sentinels_and_retries_as_a_plain_one_does():
     ours, theirs = pool.connection_kwargs, plain.connection_pool.connection_kwargs
     assert ours["retry"].get_retries() == theirs["retry"].get_retries() == 12
     assert ours["retry_on_error"] == theirs["retry_on_error"]
-    assert redis.ConnectionError in ours["retry_on_error"]
+    assert redis.ConnectionError in ours["retry_on_error"] and redis.ReadOnlyError in ours["retry_on_error"]
     assert issubclass(MasterNotFoundError, redis.ConnectionError)
 
 
