@@ -215,14 +215,17 @@ def _no_primary(url: str) -> str:
     """Why the sentinels of ``url`` named no primary, in a few words: each is asked once more
     (redis-py's own message lists every sentinel client's settings)."""
     parts = parse_sentinel_url(url)
-    answered = 0
+    answered = known = False
     for host, port in parts.sentinels:
         probe = Redis(host, port, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), retries=0))
         with contextlib.suppress(redis.RedisError):
-            answered += bool(probe.ping())
+            known = known or parts.service in probe.sentinel_masters()
+            answered = True
         probe.close()
     if not answered:
         return "no sentinel answered"
+    if known:  # down, or being replaced: worth trying again in a moment
+        return f"the sentinels name no primary for {parts.service!r} that is up now; a failover may be under way"
     return f"no sentinel that answered knows a primary named {parts.service!r}"
 
 

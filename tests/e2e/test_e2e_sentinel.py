@@ -9,16 +9,16 @@ reconnection, follow it.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer, _stop, free_port
 from helpers import (
     assert_clean_error,
     batch_status,
@@ -31,6 +31,20 @@ from helpers import (
 from slowmodel import WORKER_ENV, dump_slow_model
 
 pytestmark = pytest.mark.e2e
+
+RedisServer = Any
+"""conftest's RedisServer (a primary, a replica); not imported: `conftest` names another module under tests/unit."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (never the shared Redis's 6379), as conftest's."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port != 6379:
+            return port
+
 
 SERVICE = "mymaster"
 BLOCK = 4096
@@ -98,8 +112,13 @@ class Sentinels:
 
     def stop(self) -> None:
         for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                _stop(proc, grace_s=5)
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
 
 
 @pytest.fixture
@@ -232,3 +251,15 @@ def test_sigkill_of_the_primary_mid_batch_loses_no_file(start_sentinels, velo, s
     for worker in workers:
         assert worker.stop(timeout=15) == 0, worker.describe()
         assert "Traceback" not in worker.read_stderr(), worker.describe()
+
+
+def test_no_primary_up_is_one_line_saying_a_failover_may_be_under_way(lone_sentinel, velo):
+    # Given sentinels that know the service, and its primary down (no replica to promote)
+    lone_sentinel.primary.stop(signal.SIGKILL)
+    probe = redis.Redis(host="127.0.0.1", port=lone_sentinel.ports[0], decode_responses=True)
+    wait_until(lambda: probe.sentinel_master(SERVICE)["is_sdown"], 10, message="the sentinel to see it down")
+    probe.close()
+    # When a command starts; Then it exits 2 at once with one line saying so
+    result = velo("status", "--redis", lone_sentinel.url(":s3cr3t@"))
+    assert_clean_error(result, "failover may be under way", "redis+sentinel://:***@")
+    assert "s3cr3t" not in result.stdout + result.stderr
