@@ -179,9 +179,12 @@ class VeloPool(WorkerPool):
     client of its own made from ``url``.
 
     RQ's pool rebuilds a child's client from the parent's connection class and pool kwargs, in a
-    plain ``ConnectionPool``: for a client through sentinels that pool would keep the parent's
-    sentinel proxy and never re-discover the primary in the child. Built from the URL, every
-    child's client is made as the parent's was (:func:`velosiped.connection.redis_client`).
+    plain ``ConnectionPool``. For a client through sentinels those kwargs hold the parent's
+    sentinel proxy, which still points at the parent's pool (a forked copy): the child's pool is
+    no sentinel pool, so when the primary changes its idle connections to the old one are not
+    dropped (only the copy's are), and it trusts what redis-py's pool internals happen to survive
+    a fork. Built from the URL, every child's client is made as the parent's was
+    (:func:`velosiped.connection.redis_client`), whatever the scheme.
     """
 
     def __init__(self, *args: Any, url: str, **kwargs: Any) -> None:
