@@ -291,14 +291,26 @@ def redis_client(url: str) -> Redis:
     )
 
 
+_SENTINEL_CLIENT_SETTINGS = (
+    "db",
+    "username",
+    "password",
+    "socket_connect_timeout",
+    "socket_timeout",
+    "health_check_interval",
+)
+
+
 def fail_fast(conn: Redis) -> Redis:
     """A client of the same Redis without ``conn``'s retries: a command fails at once while it is away."""
     pool = conn.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in {"retry", "retry_on_error"}}
-    if isinstance(pool, SentinelConnectionPool):  # the same sentinels and service; a pool of its own
-        kwargs.pop("connection_pool")  # the pool's proxy, which the new pool makes afresh
+    if isinstance(pool, SentinelConnectionPool):
+        # The same sentinels, service and settings; a pool (and sentinel proxy) of its own, and none
+        # of the runtime state redis-py keeps among the pool's kwargs
+        settings_ = {k: kwargs[k] for k in _SENTINEL_CLIENT_SETTINGS if k in kwargs}
         client: Redis = pool.sentinel_manager.master_for(
-            pool.service_name, connection_class=pool.connection_class, **kwargs
+            pool.service_name, connection_class=pool.connection_class, **settings_
         )
         return client
     return Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))

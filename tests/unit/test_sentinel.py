@@ -88,6 +88,8 @@ def test_fail_fast_keeps_the_sentinels_and_drops_the_retries():
     pool = probe.connection_pool
     assert isinstance(pool, SentinelConnectionPool) and pool is not client.connection_pool
     assert pool.service_name == "mymaster" and pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["password"] == "s3cr3t" and pool.connection_kwargs["socket_connect_timeout"] == 5
+    assert pool.connection_class is client.connection_pool.connection_class
     assert "retry" not in pool.connection_kwargs and "retry_on_error" not in pool.connection_kwargs
 
 
