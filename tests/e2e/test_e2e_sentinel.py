@@ -4,7 +4,9 @@ Each test starts its own primary, one replica (`--replicaof`) and three sentinel
 `down-after-milliseconds 1000`), all on free ports, each sentinel with its own writable config
 file (a sentinel rewrites it). Killing the primary with SIGKILL makes the sentinels promote the
 replica in a few seconds; workers and a waiting dispatch, which ask the sentinels at every
-reconnection, follow it.
+reconnection, follow it. On loopback a replica is a millisecond behind, so the failover test
+usually loses nothing; the re-dispatch test makes the replica lag on purpose, so the writes
+asynchronous replication can lose (a whole dispatch) are lost, and the next dispatch repairs that.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def lone_sentinel(start_sentinels) -> Sentinels:
 
 
 def test_status_through_sentinels(lone_sentinel, velo):
-    # Given a batch-less Redis behind three sentinels; When `velo status` is asked through them
+    # Given a batch-less Redis behind a sentinel; When `velo status` is asked through it
     result = velo("status", "--redis", lone_sentinel.url(), check=0)
     # Then it answers, naming the sentinels and the service it looked in
     assert "no batch in Redis at redis+sentinel://" in result.stderr, velo.describe(result)
@@ -239,7 +241,8 @@ def test_sigkill_of_the_primary_mid_batch_loses_no_file(start_sentinels, velo, s
     again = velo("dispatch", data, "--model", slow, "--redis", url, "--wait", env=SLOW, check=0, timeout=120)
     # Then it enqueues only files whose outcome the promoted replica never received (writes of the
     # old primary not yet replicated when it died: Redis replicates asynchronously) and whose output
-    # is missing; on loopback that is usually none, and every file is "already done" by its output.
+    # is missing; on loopback that is usually none, and every file is "already done" by its output
+    # (test_re_dispatch_repairs_what_asynchronous_replication_lost shows it enqueue what was lost).
     _, redone, skipped = find_dispatch_line(again.stdout)
     assert redone + skipped == FILES
     assert outputs(data) == expected
@@ -263,3 +266,49 @@ def test_no_primary_up_is_one_line_saying_a_failover_may_be_under_way(lone_senti
     result = velo("status", "--redis", lone_sentinel.url(":s3cr3t@"))
     assert_clean_error(result, "failover may be under way", "redis+sentinel://:***@")
     assert "s3cr3t" not in result.stdout + result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_re_dispatch_repairs_what_asynchronous_replication_lost(
+    start_sentinels, velo, start_velo, model_path, tmp_path
+):
+    # Given a primary, a replica and three sentinels
+    topology = start_sentinels()
+    url = topology.url()
+    old, new = topology.primary, topology.replicas[0]
+    # And four files, and the bytes a clean run writes for them
+    data, clean = tmp_path / "data", tmp_path / "clean"
+    for i in range(4):
+        frame = slow_frame(2, BLOCK, seed=800 + i)
+        write_csv(data / f"g{i}.csv", frame)
+        write_csv(clean / f"g{i}.csv", frame)
+    velo("run", clean, "--model", model_path, "--workers", "1", check=0, timeout=120)
+    expected = outputs(clean)
+    # And a replica that has fallen behind: Redis replicates asynchronously, and writes a primary
+    # acknowledged may not have reached its replica when it dies. The test widens that window at
+    # will: the replica stops following (REPLICAOF a port where nothing listens), keeping its data.
+    lagging = new.client()
+    lagging.replicaof("127.0.0.1", str(free_port()))
+
+    # When the files are dispatched (no worker runs yet): the primary alone holds the batch
+    batch_id, enqueued, _ = find_dispatch_line(velo("dispatch", data, "--model", model_path, "--redis", url).stdout)
+    assert enqueued == 4
+    # And the primary dies (SIGKILL); the replica, following it again as if it had never stopped,
+    # is promoted by the sentinels without the batch
+    old.stop(signal.SIGKILL)
+    lagging.replicaof("127.0.0.1", str(old.port))
+    lagging.close()
+    wait_until(lambda: topology.primary_port() == new.port, 30, message="the replica's promotion\n" + topology.logs())
+    worker = start_velo("worker", "--redis", url)
+
+    # Then the batch is gone with the old primary: nothing would ever score these files
+    gone = velo("status", batch_id, "--redis", url)
+    assert gone.returncode == 2 and f"no batch {batch_id!r}" in gone.stderr, velo.describe(gone)
+    assert outputs(data) == {}
+    # When the same dispatch runs again, and waits
+    again = velo("dispatch", data, "--model", model_path, "--redis", url, "--wait", check=0, timeout=60)
+    # Then it enqueues exactly the four files the promoted replica never heard of, and they are
+    # scored: every output there, the bytes of the clean run
+    assert find_dispatch_line(again.stdout)[1:] == (4, 0), velo.describe(again)
+    assert outputs(data) == expected
+    assert worker.stop(timeout=15) == 0, worker.describe()
