@@ -417,7 +417,7 @@ def worker(
     if preload:
         uri = storage.normalize(preload)
         models.load(uri, version_of(uri))
-    if run_workers(conn, queue, processes=processes, burst=burst):
+    if run_workers(conn, queue, url=url, processes=processes, burst=burst):
         raise Interrupted("interrupted; the workers stopped after the files in hand")
     return EXIT_OK
 

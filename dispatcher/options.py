@@ -21,7 +21,10 @@ __all__ = ["dispatch_options", "make_options", "redis_option"]
 
 SHARD_SIZE_ENV = settings.SHARD_SIZE.env
 
-redis_help = "Redis URL (default: env REDIS_URL)."
+redis_help = (
+    "Redis URL: redis://[:password@]host:6379/0, rediss://, unix://, or through Sentinel "
+    "redis+sentinel://[:password@]host:26379[,host:port...]/mymaster/0 (default: env REDIS_URL)."
+)
 queue_help = "RQ queue name."
 dry_run_help = "Print what would happen to each file, and why; enqueue nothing."
 force_help = "Redo files already done."

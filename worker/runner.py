@@ -224,7 +224,31 @@ class VeloWorker(SimpleWorker):
 
 
 class VeloPool(WorkerPool):
-    """RQ's pool of forked workers, telling the metrics when one of them dies."""
+    """RQ's pool of forked workers, telling the metrics when one of them dies, each worker with a
+    client of its own made from ``url``.
+
+    RQ's pool rebuilds a child's client from the parent's connection class and pool kwargs, in a
+    plain ``ConnectionPool``. For a client through sentinels those kwargs hold the parent's
+    sentinel proxy, which still points at the parent's pool (a forked copy): the child's pool is
+    no sentinel pool, so when the primary changes its idle connections to the old one are not
+    dropped (only the copy's are), and it trusts what redis-py's pool internals happen to survive
+    a fork. Built from the URL, every child's client is made as the parent's was
+    (:func:`velosiped.connection.redis_client`), whatever the scheme.
+    """
+
+    def __init__(self, *args: Any, url: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.url = url
+
+    def get_worker_process(
+        self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"
+    ) -> multiprocessing.process.BaseProcess:
+        ctx = multiprocessing.get_context("fork")  # as RQ's: children share what is loaded here
+        return ctx.Process(
+            target=_pool_worker,
+            args=(self.url, name, self._queue_names, burst, logging_level),
+            name=f"Worker {name} (WorkerPool {self.name})",
+        )
 
     interrupted = False
     """A SIGINT (Ctrl-C) stopped the pool (RQ passes the stop on to its workers)."""
@@ -236,6 +260,13 @@ class VeloPool(WorkerPool):
     def handle_dead_worker(self, worker_data: Any) -> None:
         metrics.process_dead(worker_data.pid)
         super().handle_dead_worker(worker_data)
+
+
+def _pool_worker(url: str, name: str, queue_names: list[str], burst: bool, logging_level: str) -> None:
+    """One worker of a :class:`VeloPool`: RQ's ``run_worker``, its client made from ``url``."""
+    conn = redis_client(url)
+    queues = [make_queue(conn, q) for q in queue_names]
+    VeloWorker(queues, name=name, connection=conn).work(burst=burst, logging_level=logging_level)
 
 
 def queue_depth(conn: Redis, queue: str) -> Callable[[], int]:
@@ -294,7 +325,7 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     os.environ["REDIS_URL"] = url
     share_cores(processes)
     VeloWorker.stop_on_interrupt = True  # this process is one `velo run` worker: Ctrl-C stops it now
-    run_workers(redis_client(url), queue, processes=1, s3=s3)
+    run_workers(redis_client(url), queue, url=url, processes=1, s3=s3)
 
 
 def _stop_with(parent: int) -> None:
@@ -307,9 +338,9 @@ def _stop_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = False, s3: bool = True) -> bool:
-    """Work ``queue`` with ``processes`` workers until stopped (``burst``: until it is empty);
-    True if a SIGINT (Ctrl-C) stopped them.
+def run_workers(conn: Redis, queue: str, *, url: str, processes: int = 1, burst: bool = False, s3: bool = True) -> bool:
+    """Work ``queue`` of ``conn`` (a client of ``url``) with ``processes`` workers until stopped
+    (``burst``: until it is empty); True if a SIGINT (Ctrl-C) stopped them.
 
     Several processes come from RQ's ``WorkerPool``, which forks N workers (sharing the
     model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
@@ -329,6 +360,7 @@ def run_workers(conn: Redis, queue: str, *, processes: int = 1, burst: bool = Fa
         worker_class=VeloWorker,
         serializer=JSONSerializer,
         queue_class=VeloQueue,
+        url=url,
     )
     watch_redis(conn, lambda gone: give_up(gone, [w.pid for w in pool.worker_dict.values()]))
     pool.start(burst=burst, logging_level="INFO")

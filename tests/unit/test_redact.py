@@ -28,6 +28,11 @@ def fragments(password: str) -> list[str]:
         ("unix://:{pw}@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
         ("unix:///run/redis.sock?db=2&password={pw}", "unix:///run/redis.sock?db=2&password=***"),
         ("redis://cache.example/0?password={pw}", "redis://cache.example/0?password=***"),
+        ("redis+sentinel://:{pw}@s1:26379/mymaster/0", "redis+sentinel://:***@s1:26379/mymaster/0"),
+        (
+            "redis+sentinel://alice:{pw}@s1:26379,s2:26380,s3/mymaster/2",
+            "redis+sentinel://alice:***@s1:26379,s2:26380,s3/mymaster/2",
+        ),
     ],
 )
 def test_redact_hides_any_password_whole(password, template, expected):
@@ -39,7 +44,13 @@ def test_redact_hides_any_password_whole(password, template, expected):
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://cache.example:6379/0", "rediss://cache.example:6380", "unix:///run/redis.sock?db=1"]
+    "url",
+    [
+        "redis://cache.example:6379/0",
+        "rediss://cache.example:6380",
+        "unix:///run/redis.sock?db=1",
+        "redis+sentinel://s1:26379,s2:26380/mymaster/0",
+    ],
 )
 def test_redact_leaves_a_url_without_password_alone(url):
     assert redact(url) == url
