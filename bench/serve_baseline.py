@@ -1,4 +1,5 @@
-"""The REST service a user would write instead of `velo serve` (the baseline of bench.serve):
+"""The REST service a user would write instead of `velo serve` (the baseline of bench.serve; its
+async route is the faster of the two a user would write, 930 against 799 requests/s here):
 FastAPI + uvicorn, the model loaded once, ``pandas.DataFrame.from_records(body)`` then ``predict``.
 
     BASELINE_MODEL=model.joblib uvicorn bench.serve_baseline:app --workers 2
@@ -23,6 +24,6 @@ def info() -> dict[str, Any]:
 
 
 @app.post("/predict")
-def predict(body: list[dict[str, Any]]) -> dict[str, Any]:
+async def predict(body: list[dict[str, Any]]) -> dict[str, Any]:
     frame = pd.DataFrame.from_records(body)
     return {"predictions": model.predict(frame[list(model.feature_names_in_)]).tolist()}
