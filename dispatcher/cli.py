@@ -31,7 +31,7 @@ from dispatcher.enqueue import (
     retry_failed,
 )
 from dispatcher.lost import remedy
-from dispatcher.options import dispatch_options, make_options, parse_size, redis_option
+from dispatcher.options import dispatch_options, make_options, parse_size, redis_option, serve_options
 from dispatcher.plan import Options, plan
 from dispatcher.terminal import Interrupted, console, end, err_console, handle_errors
 from velosiped import logs, settings, storage
@@ -497,49 +497,7 @@ def retry(batch: str, redis_url: str | None, queue: str) -> int:
 
 
 @cli.command()
-@click.option("--model", required=True, help="The model to serve: a path or s3:// URI of a joblib dump.")
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on; beyond loopback it needs VELO_API_TOKEN.",
-)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
-@click.option(
-    "--workers", type=click.IntRange(1), default=1, show_default=True, help="Server processes (each loads the model)."
-)
-@click.option(
-    "--model-sha256", default=None, help="Serve the model only if its SHA-256 is this (checked at every load)."
-)
-@click.option(
-    "--model-poll",
-    type=click.FloatRange(0),
-    default=10.0,
-    show_default=True,
-    help="Seconds between looks for a new model version (0: never).",
-)
-@click.option(
-    "--max-rows",
-    type=click.IntRange(1),
-    default=100_000,
-    show_default=True,
-    help="Rows one request may hold (more: 413).",
-)
-@click.option("--max-body", default="64MB", show_default=True, help="Bytes one request body may hold (more: 413).")
-@click.option(
-    "--batch-rows",
-    type=click.IntRange(1),
-    default=1024,
-    show_default=True,
-    help="Rows the batcher gathers into one predict call at most.",
-)
-@click.option(
-    "--batch-wait-ms",
-    type=click.FloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="Milliseconds a request may wait for others to join its predict call (0: only those arrived together).",
-)
+@serve_options
 @redis_option
 @handle_errors
 def serve(

@@ -54,6 +54,37 @@ SOURCE_HELP = (
 )
 
 
+def serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`velo serve`'s options (its --redis and --queue are every command's)."""
+    int_from = click.IntRange
+    for opt in reversed(
+        [
+            click.option("--model", required=True, help="The model to serve: a path or s3:// URI of a joblib dump."),
+            click.option("--host", default="127.0.0.1", show_default=True, help=host_help),
+            click.option("--port", type=int_from(0, 65535), default=8000, show_default=True, help="Port to listen on."),
+            click.option("--workers", type=int_from(1), default=1, show_default=True, help=serve_workers_help),
+            click.option("--model-sha256", default=None, help=serve_sha256_help),
+            click.option("--model-poll", type=click.FloatRange(0), default=10.0, show_default=True, help=poll_help),
+            click.option("--max-rows", type=int_from(1), default=100_000, show_default=True, help=max_rows_help),
+            click.option("--max-body", default="64MB", show_default=True, help=max_body_help),
+            click.option("--batch-rows", type=int_from(1), default=1024, show_default=True, help=batch_rows_help),
+            click.option("--batch-wait-ms", type=click.FloatRange(0), default=0.0, show_default=True, help=wait_help),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+host_help = "Address to listen on; beyond loopback it needs VELO_API_TOKEN."
+serve_workers_help = "Server processes (each loads the model)."
+serve_sha256_help = "Serve the model only if its SHA-256 is this (checked at every load)."
+poll_help = "Seconds between looks for a new model version (0: never)."
+max_rows_help = "Rows one request may hold (more: 413)."
+max_body_help = "Bytes one request body may hold (more: 413)."
+batch_rows_help = "Rows the batcher gathers into one predict call at most."
+wait_help = "Milliseconds a request may wait for others to join its predict call (0: only those arrived together)."
+
+
 def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """A dispatch's options and SOURCE argument, which the command's help explains after its own text."""
     f.__doc__ = inspect.cleandoc(f.__doc__ or "") + "\n\n" + SOURCE_HELP
