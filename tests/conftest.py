@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import pytest
 # `from helpers import ...` works from every test module, whatever pytest's import mode.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import free_port
 
 # Nothing a test runs writes under the user's home: model downloads (VELO_MODEL_CACHE, else
 # ~/.cache/velosiped), the embedded Redis and run logs (VELO_STATE_DIR, else XDG_STATE_HOME or
@@ -42,7 +43,6 @@ ISOLATED_ENV = {
 os.environ.update(ISOLATED_ENV)
 atexit.register(shutil.rmtree, SESSION_HOME, ignore_errors=True)
 
-SHARED_REDIS_PORT = 6379
 """A shared Redis runs there: the fixtures must never use it."""
 
 BUCKET = "velo-test"
@@ -52,16 +52,6 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 VELO_BIN = Path(sys.executable).parent / "velo"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (never the shared Redis port)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != SHARED_REDIS_PORT:
-            return port
 
 
 def _find_redis_server() -> str | None:

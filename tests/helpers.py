@@ -281,6 +281,21 @@ def assert_clean_error(result, *mentions: str) -> str:
 
 # ------------------------------------------------------------------------------ processes and waiting
 
+SHARED_REDIS_PORT = 6379
+"""The machine's own Redis: tests never use it."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (never the shared Redis port)."""
+    import socket
+
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port != SHARED_REDIS_PORT:
+            return port
+
 
 def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
     """Call `predicate()` until it returns something truthy (returned) or `timeout` seconds pass (fail)."""

@@ -11,13 +11,13 @@ import urllib.request
 
 import pandas as pd
 import pytest
-from conftest import free_port
 from helpers import (
     assert_output_matches,
     csv_bytes,
     dump_model,
     expected_output,
     fit_model,
+    free_port,
     make_frame,
     read_output,
     wait_until,

@@ -9,8 +9,15 @@ import time
 import pandas as pd
 import pytest
 import redis
-from conftest import free_port
-from helpers import assert_clean_error, assert_output_matches, dump_model, expected_output, fit_model, make_frame
+from helpers import (
+    assert_clean_error,
+    assert_output_matches,
+    dump_model,
+    expected_output,
+    fit_model,
+    free_port,
+    make_frame,
+)
 
 pytestmark = pytest.mark.e2e
 
