@@ -326,10 +326,14 @@ def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:
     }
     try:
         check_output(p["output"])  # a refused path gets no error file either, and nothing deleted
-        storage.write_json(error_uri(p["output"]), record)
-        _drop_outdated_output(p)
-    except Exception as e:  # the reason still reaches `velo status`
-        log.warning("%s: cannot write error file: %s", p["input"], e)
+    except ConfigError as e:
+        log.info("%s: no error file written (its place is refused: %s); the reason is in `velo status`", p["input"], e)
+    else:
+        try:
+            storage.write_json(error_uri(p["output"]), record)
+            _drop_outdated_output(p)
+        except Exception as e:  # the reason still reaches `velo status`
+            log.warning("%s: cannot write error file: %s", p["input"], e)
     # For `velo retry`; written first, so it expires with the batch this failure may finish.
     redis.hset(keys.batch_jobs(p["batch"]), p["input"], json.dumps(p))
     if not set_state(redis, p["batch"], p["input"], FileState.FAILED, error=reason) and (
