@@ -166,9 +166,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body:
             raise TooLarge(f"request: body of {length} bytes is over --max-body {cfg.max_body}")
-        body = await request.body()
-        if len(body) > cfg.max_body:
-            raise TooLarge(f"request: body of {len(body)} bytes is over --max-body {cfg.max_body}")
+        body = await _read_at_most(request, cfg.max_body)
         parsed = bodies.parse(body, request.headers.get("content-type", bodies.JSON))
         if parsed.rows > cfg.max_rows:
             raise TooLarge(f"request: {parsed.rows} rows is over --max-rows {cfg.max_rows}")
@@ -230,6 +228,19 @@ class _Timed:
             route = scope.get("route")
             path = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/") else "other")
             self.metrics.latency.labels(path, str(status)).observe(time.perf_counter() - started)
+
+
+async def _read_at_most(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it passes ``limit`` bytes: a chunked body announces no
+    length, and must not be read whole into memory first."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request: body over --max-body {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _public(cfg: ServeConfig) -> dict[str, Any]:

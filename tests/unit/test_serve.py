@@ -223,3 +223,12 @@ def test_api_batches_obey_the_allow_lists(model, tmp_path, monkeypatch):
         outside.mkdir()
         refused = c.post("/v1/batches", json={"source": str(outside), "model": str(path)})
         assert refused.status_code == 400 and "outside VELO_ALLOWED_PREFIXES" in refused.json()["error"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused(client):
+    def chunks():  # no Content-Length: the server counts as it reads
+        for _ in range(100):
+            yield b"f0,f1,f2,f3\n" + b"1,2,3,4\n" * 100
+
+    answer = client.post("/predict", content=chunks(), headers={"content-type": "text/csv"})
+    assert answer.status_code == 413 and "over --max-body" in answer.json()["error"]
