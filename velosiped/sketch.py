@@ -164,7 +164,7 @@ class Sketch:
         value = np.where(self.keys == 0, 0.0, np.sign(self.keys) * value)
         return np.clip(value, self.min, self.max) if self.count else value
 
-    def quantile(self, q: float | Sequence[float]) -> Any:
+    def quantile(self, q: float | npt.ArrayLike) -> Any:
         """The ``q`` quantile(s), within ALPHA of the true value; NaN for an empty sketch."""
         qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
         if not self.count:

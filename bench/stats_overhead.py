@@ -1,0 +1,98 @@
+"""What gathering statistics (velosiped.sketch) costs a worker: ``score_stream`` on one CSV with and
+without them.
+
+    python -m bench.stats_overhead [--rows 200000] [--reps 5] [--model logreg]
+
+One CSV of ``--rows`` rows of `id` + 20 normal features (bench.bench's), scored to an in-memory
+sink by ``worker.scoring.score_stream`` in this process, ``--reps`` times each way, interleaved
+(off, on, off, on, ...) so drift of the machine hits both alike; the median of each. Also: the
+size of the file's statistics as stored in Redis (JSON bytes), and the time to merge the
+statistics of 1,000 such files and compare them (what `velo report` does, Redis aside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import joblib
+
+from bench.bench import make_data
+from bench.common import machine, wall_time, write_section
+from velosiped.sketch import Stats
+from worker.scoring import score_stream
+
+
+def score(path: Path, model: object, stats: Stats | None) -> float:
+    started = time.perf_counter()
+    with open(path, "rb") as src:
+        score_stream(src, io.BytesIO(), model, name=str(path), stats=stats)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--model", default="logreg", choices=["logreg", "hgb", "rf"])
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "velo-bench-stats")
+    args = ap.parse_args()
+
+    paths, models = make_data(args.dir / f"rows-{args.rows}", 1, args.rows, [args.model])
+    model = joblib.load(models[args.model])
+    score(paths[0], model, Stats())  # warm: page cache, imports, the model's first call
+    off: list[float] = []
+    on: list[float] = []
+    stats = Stats()
+    for _ in range(args.reps):
+        off.append(score(paths[0], model, None))
+        stats = Stats()
+        on.append(score(paths[0], model, stats))
+    t_off, t_on = statistics.median(off), statistics.median(on)
+    ratio = t_on / t_off
+    text = stats.to_json()
+
+    from dispatcher.report import compare
+
+    started = time.perf_counter()
+    merged = Stats()
+    for _ in range(1000):
+        merged.merge(Stats.from_json(text))
+    compare(merged, Stats.from_json(text))
+    merge_seconds = time.perf_counter() - started
+
+    rows_s = args.rows / t_off
+    lines = [
+        machine(),
+        "",
+        f"`python -m bench.stats_overhead --rows {args.rows} --reps {args.reps} --model {args.model}`: "
+        f"`worker.scoring.score_stream` on one CSV of {args.rows:,} rows × 20 normal features "
+        f"({paths[0].stat().st_size / 1e6:.0f} MB), {args.model} model, output to memory; median of "
+        f"{args.reps}, runs with and without statistics interleaved.",
+        "",
+        "| | seconds | rows/s |",
+        "|---|---:|---:|",
+        f"| without statistics (`--no-stats`) | {t_off:.3f} | {rows_s:,.0f} |",
+        f"| with statistics (default) | {t_on:.3f} | {args.rows / t_on:,.0f} |",
+        "",
+        f"Overhead: **{(ratio - 1) * 100:+.1f} %** of the file's scoring time (ratio {ratio:.3f}).",
+        "",
+        f"Stored per file (JSON in `velo:batch:<id>:stats`, 20 features and the prediction's class counts): "
+        f"**{len(text):,} bytes** ({len(text) / 20:,.0f} bytes a feature; bounded whatever the file's size: "
+        "at most 2,048 buckets a feature).",
+        "",
+        f"`velo report`'s work for a batch of 1,000 such files (decode and merge 1,000 files' statistics, "
+        f"then compare with a reference), Redis aside: {merge_seconds:.2f} s.",
+        "",
+        wall_time(),
+    ]
+    print("\n".join(lines))
+    write_section("Statistics overhead", lines)
+
+
+if __name__ == "__main__":
+    main()
