@@ -114,7 +114,7 @@ class Sketch:
         n = int(v.size)
         with np.errstate(invalid="ignore", over="ignore"):  # an infinity makes the moments inf or NaN, honestly
             mean = total / n
-            m2 = max(float(np.dot(v, v)) - n * mean * mean, 0.0)
+            m2 = max(float(np.einsum("i,i->", v, v)) - n * mean * mean, 0.0)  # not BLAS: its threads would spin
         self._merge_moments(n, mean, m2, float(v.min()), float(v.max()))
         bits = v.view(np.int64)
         key = (bits & _MAGNITUDE) >> _SHIFT
