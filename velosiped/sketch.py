@@ -398,13 +398,46 @@ def store(redis: Redis, batch_id: str, file: str, stats: Stats) -> bool:
     return bool(script(keys=[keys.batch_stats(batch_id), keys.batch(batch_id)], args=args, client=redis))
 
 
+VERSION_FIELD = "velo:version"
+"""Field of a batch's stats hash counting its changes (scripts/stats.lua, state.lua); no input
+URI is named so (a local path starts with /, an S3 one with s3://)."""
+
+MERGED_FIELD = "velo:merged"
+"""Field of a batch's stats hash: its files' statistics merged, as of a version (a cache)."""
+
+
 def load_batch(redis: Redis, batch_id: str) -> Stats:
-    """Every file's statistics of a batch, merged (files that failed left none)."""
+    """Every file's statistics of a batch, merged (files that failed left none).
+
+    The merge is kept in the batch's hash with the version it was made at: read again while no
+    file has been stored or dropped since, it costs one read whatever the batch's size."""
+    key = keys.batch_stats(batch_id)
+    version, cached = (_bytes(v) for v in redis.hmget(key, [VERSION_FIELD, MERGED_FIELD]))
+    if version is not None and cached is not None:
+        stamp, _, text = cached.partition(b" ")
+        if stamp == version:
+            return Stats.from_json(text)
     merged = Stats()
     chunk: list[Stats] = []
-    for _, raw in redis.hscan_iter(keys.batch_stats(batch_id), count=1000):
+    for field, raw in redis.hscan_iter(key, count=1000):
+        if _bytes(field) in (VERSION_FIELD.encode(), MERGED_FIELD.encode()):
+            continue
         chunk.append(Stats.from_json(raw))
         if len(chunk) == 1000:  # merged a thousand at a time: memory stays bounded
             merged.merge_all(chunk)
             chunk = []
-    return merged.merge_all(chunk)
+    merged.merge_all(chunk)
+    if version is not None:  # stamped with the version read before the scan: any change since makes it stale
+        _keep_merged(redis, key, version, merged)
+    return merged
+
+
+def _bytes(value: Any) -> bytes | None:
+    """A value read from Redis as bytes (None stays None)."""
+    return value if isinstance(value, bytes) or value is None else str(value).encode()
+
+
+def _keep_merged(redis: Redis, key: str, version: bytes, merged: Stats) -> None:
+    """Keep the merge in the hash, only if it still exists (it expires with its batch)."""
+    script = lua.script(redis, "stats_merged.lua")
+    script(keys=[key], args=[MERGED_FIELD, version + b" " + merged.to_json().encode()], client=redis)

@@ -124,7 +124,13 @@ def test_stored_per_file_merged_on_read_a_failed_file_dropped_expiring_with_the_
     one.start(["x"], labels=False)
     one.update([np.arange(100.0)], np.zeros(100))
     assert store(redis, batch, "/d/a.csv", one) and store(redis, batch, "/d/b.csv", one)
-    assert load_batch(redis, batch).rows == 200 and load_batch(redis, batch).files == 2
+    assert load_batch(redis, batch).rows == 200
+    # The merge is kept, stamped with the hash's version: read again, it is the kept one
+    assert redis.hget(keys.batch_stats(batch), "velo:merged").startswith(b"2 ")
+    redis.hset(keys.batch_stats(batch), "velo:merged", b"2 " + Stats().to_json().encode())
+    assert load_batch(redis, batch).rows == 0  # (the kept merge, doctored: proof it was read)
+    store(redis, batch, "/d/b.csv", one)  # a change (a file stored again) makes it stale
+    assert load_batch(redis, batch).files == 2
     set_state(redis, batch, "/d/a.csv", FileState.DONE, rows=100)
     assert redis.ttl(keys.batch_stats(batch)) == -1  # the batch has work still
     set_state(redis, batch, "/d/b.csv", FileState.FAILED, error="bad")

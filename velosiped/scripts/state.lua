@@ -5,7 +5,7 @@
 -- A queued or running file's value names its jobs too ('queued velo-a,velo-b'), so a file whose
 -- jobs were removed behind Velosiped's back (`rq empty`) can be found (dispatcher/lost.py).
 -- A failed file takes its statistics (the batch's stats hash, named counters .. ':stats': see
--- keys.batch_stats) out of the batch: a file that fails contributes nothing.
+-- keys.batch_stats, and stats.lua) out of the batch: a file that fails contributes nothing.
 -- A batch whose files are all done or failed expires, keys and all, after its retention (the
 -- counters' 'retention' field, written at its creation), with its options ('options' names
 -- them: enqueue.lua); new work in it (retry, watch) keeps it.
@@ -34,7 +34,9 @@ local function set_state(files, counters, errors, jobs, file, state, rows, err, 
     redis.call('HDEL', errors, file)
   elseif state == 'failed' then
     redis.call('HSET', errors, file, err)
-    redis.call('HDEL', counters .. ':stats', file)
+    if redis.call('HDEL', counters .. ':stats', file) == 1 then
+      redis.call('HINCRBY', counters .. ':stats', 'velo:version', 1) -- a merge kept is stale (stats.lua)
+    end
   end
   if state == 'running' and not redis.call('HGET', counters, 'started_at') then
     redis.call('HSET', counters, 'started_at', now)
