@@ -117,6 +117,9 @@ class Sketch:
         with np.errstate(invalid="ignore", over="ignore"):  # an infinity makes the moments inf or NaN, honestly
             mean = total / n
             m2 = max(float(np.einsum("i,i->", v, v)) - n * mean * mean, 0.0)  # not BLAS: its threads would spin
+            if mean * mean > 1e6 * m2 / n:  # far from zero for its spread: cancellation; the exact way then
+                deviation = v - mean
+                m2 = float(np.einsum("i,i->", deviation, deviation))
         self._merge_moments(n, mean, m2, float(v.min()), float(v.max()))
         bits = v.view(np.int64)
         key = (bits & _MAGNITUDE) >> _SHIFT

@@ -60,6 +60,11 @@ def test_merge_is_associative_commutative_and_equals_one_pass():
     assert left.merge(Sketch()).count == whole.count  # the empty sketch merges as nothing
 
 
+def test_variance_far_from_zero_stays_exact():
+    x = 1e9 + np.random.default_rng(6).normal(size=50_000)  # e.g. timestamps: cancellation in sum of squares
+    assert sketch_of(x, blocks=5).variance == pytest.approx(x.var(), rel=1e-6)
+
+
 def test_nulls_zeros_and_infinities():
     s = sketch_of([np.nan, 0.0, -0.0, 1e-12, 1.0, -1.0, np.nan, np.inf])
     assert (s.count, s.nulls) == (6, 2)
