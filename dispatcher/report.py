@@ -24,6 +24,7 @@ from typing import Any
 import click
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from velosiped import keys
@@ -198,7 +199,8 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
 def render(r: dict[str, Any], console: Console) -> None:
     """The report as rich tables."""
     against = f" vs reference {r['reference']} ({r['reference_rows']:,} rows)" if r["reference"] else ""
-    table = Table(title=f"batch {r['batch']}: {r['rows']:,} rows in {r['files']} files{against}")
+    files = f"{r['files']} file{'s' if r['files'] != 1 else ''}"
+    table = Table(title=escape(f"batch {r['batch']}: {r['rows']:,} rows in {files}{against}"))
     table.add_column("feature")
     for col in ("nulls %", "mean", "std", "min", "max"):
         table.add_column(col, justify="right")
@@ -207,7 +209,7 @@ def render(r: dict[str, Any], console: Console) -> None:
             table.add_column(col, justify="right")
     for f in r["features"]:
         cells = [
-            f["feature"],
+            escape(f["feature"]),
             f"{100 * f['null_share']:.2f}",
             _fmt(f["mean"]),
             _fmt(f["std"]),
