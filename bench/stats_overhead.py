@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import joblib
+import numpy as np
 
 from bench.bench import make_data
 from bench.common import machine, private_redis, wall_time, write_section
@@ -68,6 +69,20 @@ def report_seconds(stats: Stats, files: int) -> tuple[float, float]:
         return times[0], times[1]
 
 
+def bytes_by_rows(rows: tuple[int, ...] = (1_000, 20_000, 200_000, 2_000_000)) -> str:
+    """Stored bytes of a file's statistics by its rows (20 normal features, a 0/1 prediction)."""
+    rng = np.random.default_rng(0)
+    sizes = []
+    for n in rows:
+        stats = Stats()
+        stats.start([f"f{i}" for i in range(20)], labels=True)
+        for start in range(0, n, 10_000):
+            x = rng.normal(size=(min(10_000, n - start), 20)).round(6)
+            stats.update(list(x.T), (x[:, 0] > 0).astype(int))
+        sizes.append(f"{n:,} rows: {len(stats.to_json()) / 1000:.1f} KB")
+    return "; ".join(sizes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -104,7 +119,8 @@ def main() -> None:
         "",
         f"Stored per file (JSON in `velo:batch:<id>:stats`: 20 features and the prediction's class counts): "
         f"**{len(text):,} bytes** for this file ({len(text) / 20:,.0f} bytes a feature); at most 2,048 "
-        "buckets a feature whatever the file's size.",
+        "buckets a feature whatever the file's size. By the file's rows (the same features, statistics "
+        f"gathered without scoring): {bytes_by_rows()}.",
         "",
         f"`velo report`'s work (read, merge, compare with a one-file reference; printing aside) for a batch of "
         f"{args.files:,} such files in a private redis-server: {cold:.2f} s the first time (it grows with the "

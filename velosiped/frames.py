@@ -132,12 +132,14 @@ def predict_block(
 ) -> pa.Table:
     """One block scored; with ``stats``, its features and predictions are added to them."""
     columns = spec.numbers(batch, name, rows + 1)
+    if stats is not None:  # before predict: a model's thread pool, still spinning after it, would slow this
+        stats.update_features(columns)
     x = spec.model_input(columns, batch.num_rows)
     prediction, probabilities = run_model(
         model, x, bool(classes), f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}"
     )
     if stats is not None:
-        stats.update(columns, prediction)
+        stats.update_prediction(prediction)
     return assemble(batch, kept, prediction, probabilities, names)
 
 

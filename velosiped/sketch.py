@@ -329,8 +329,16 @@ class Stats:
 
     def update(self, columns: Sequence[npt.NDArray[Any]], prediction: npt.NDArray[Any]) -> None:
         """Add one block: its feature columns (float64, in ``features``' order) and its predictions."""
+        self.update_features(columns)
+        self.update_prediction(prediction)
+
+    def update_features(self, columns: Sequence[npt.NDArray[Any]]) -> None:
+        """Add one block's feature columns (float64, in ``features``' order)."""
         for sketch, column in zip(self.features.values(), columns, strict=True):
             sketch.update(column)
+
+    def update_prediction(self, prediction: npt.NDArray[Any]) -> None:
+        """Add one block's predictions (its rows: one prediction each)."""
         self.rows += len(prediction)
         if not self.labels:
             self.prediction.update(prediction)
