@@ -192,6 +192,10 @@ def report(
     return EXIT_FILES_FAILED if fail_on_drift and result["drift"] else EXIT_OK
 
 
+def _files(n: int) -> str:
+    return f"{n} file{'s' if n != 1 else ''}"
+
+
 def _fmt(x: Any, spec: str = ".3g") -> str:
     return "" if x is None else format(x, spec)
 
@@ -199,8 +203,7 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
 def render(r: dict[str, Any], console: Console) -> None:
     """The report as rich tables."""
     against = f" vs reference {r['reference']} ({r['reference_rows']:,} rows)" if r["reference"] else ""
-    files = f"{r['files']} file{'s' if r['files'] != 1 else ''}"
-    table = Table(title=escape(f"batch {r['batch']}: {r['rows']:,} rows in {files}{against}"))
+    table = Table(title=escape(f"batch {r['batch']}: {r['rows']:,} rows in {_files(r['files'])}{against}"))
     table.add_column("feature")
     for col in ("nulls %", "mean", "std", "min", "max"):
         table.add_column(col, justify="right")
@@ -326,8 +329,8 @@ def render_html(r: dict[str, Any], current: Stats, reference: Stats | None) -> s
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>velo report {e(r['batch'])}</title><style>{_STYLE}</style></head><body>"
         f"<h1>Batch {e(r['batch'])}{against}</h1>"
-        f"<p>{r['rows']:,} rows in {r['files']} files"
-        + (f"; reference {r['reference_rows']:,} rows in {r['reference_files']} files" if r["reference"] else "")
+        f"<p>{r['rows']:,} rows in {_files(r['files'])}"
+        + (f"; reference {r['reference_rows']:,} rows in {_files(r['reference_files'])}" if r["reference"] else "")
         + f".</p>{verdict}<table><tr>{''.join(f'<th>{c}</th>' for c in head)}</tr>{''.join(rows)}</table>"
         f"{prediction}<h2>Distributions</h2><p>Red: this batch; blue: the reference.</p>{''.join(charts)}"
         "</body></html>\n"
