@@ -70,6 +70,9 @@ metrics_addr_help = "Address the metrics server listens on."
 log_format_help = "Log lines as readable text, or one JSON object per line (default: env VELO_LOG_FORMAT or text)."
 status_watch_help = "Refresh every --interval seconds until Ctrl-C (exit 130, as any interrupted command)."
 status_interval_help = "Seconds between refreshes of --watch."
+reference_help = "Compare with this batch (e.g. the inputs the model was validated on)."
+html_help = "Also write the report as one self-contained HTML file."
+threshold_help = "PSI at or above which a feature drifts (KS >= 0.1 beyond chance drifts it too)."
 
 
 def open_redis(url: str | None, *, embedded_ok: bool) -> tuple[redis.Redis, str]:
@@ -494,6 +497,44 @@ def retry(batch: str, redis_url: str | None, queue: str) -> int:
         )
     click.echo(f"batch {batch}: {count} enqueued again")
     return EXIT_OK
+
+
+@cli.command()
+@click.argument("batch")
+@click.option("--reference", default=None, metavar="BATCH", help=reference_help)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False), help=html_help)
+@click.option(
+    "--threshold", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True, help=threshold_help
+)
+@click.option("--fail-on-drift", is_flag=True, help="Exit 1 when a feature or the prediction drifts.")
+@redis_option
+@handle_errors
+def report(
+    batch: str,
+    reference: str | None,
+    as_json: bool,
+    html_path: str | None,
+    threshold: float,
+    fail_on_drift: bool,
+    redis_url: str | None,
+    queue: str,
+) -> int:
+    """The statistics workers gathered while scoring BATCH (features, prediction), and with
+    --reference their drift from another batch: PSI, KS, nulls, values outside its range."""
+    from dispatcher.report import report as make_report
+
+    conn, _ = open_redis(redis_url, embedded_ok=True)
+    return make_report(
+        conn,
+        batch,
+        reference,
+        as_json=as_json,
+        html_path=html_path,
+        threshold=threshold,
+        fail_on_drift=fail_on_drift,
+        console=console,
+    )
 
 
 @cli.command()

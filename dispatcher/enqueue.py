@@ -80,7 +80,7 @@ def new_batch_id() -> str:
 
 
 def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
-    return {
+    payload: Payload = {
         "input": item.info.uri,
         "input_version": item.info.version,
         "output": item.output,
@@ -94,6 +94,9 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
         "encoding": opts.encoding,
         "batch": batch_id,
     }
+    if not opts.stats:  # only then: the options of a batch with statistics are what they were before
+        payload["stats"] = False
+    return payload
 
 
 def payloads_for(item: Planned, opts: Options, batch_id: str) -> list[Payload]:

@@ -40,6 +40,7 @@ shard_size_help = (
     "assembled into one output (bytes, or 512MB, 1GB; 0: never; default: env VELO_SHARD_SIZE or 1GB). "
     "A quoted field holding a line break cannot be split: use 0 for such files."
 )
+stats_help = "Gather each file's feature and prediction statistics while scoring it, for `velo report`."
 
 
 def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -107,6 +108,7 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--shard-size", envvar=SHARD_SIZE_ENV, default=settings.SHARD_SIZE.default, help=shard_size_help
             ),
+            click.option("--stats/--no-stats", default=True, show_default=True, help=stats_help),
         ]
     ):
         f = opt(f)
@@ -127,6 +129,7 @@ def make_options(
     sep: str,
     encoding: str,
     shard_size: str = "0",
+    stats: bool = True,
 ) -> Options:
     _check_outputs(source, storage.normalize(output) if output else None, suffix)
     model = storage.normalize(model)
@@ -149,6 +152,7 @@ def make_options(
         force=force,
         model_sha256=model_sha256,
         shard_size=parse_size(shard_size),
+        stats=stats,
     )
 
 

@@ -37,6 +37,7 @@ DISPATCH_DEFAULTS: dict[str, Any] = {
     "sep": ",",
     "encoding": "utf-8",
     "shard_size": "0",
+    "stats": True,
 }
 """`velo dispatch`'s options by their Python names (``keep`` and ``features``: comma-separated)."""
 
@@ -125,7 +126,7 @@ class Client:
         """Enqueue one job per pending file under ``source``; ``{"id", "enqueued", "skipped"}``.
 
         ``options`` are `velo dispatch`'s: ``patterns``, ``output``, ``suffix``, ``keep``,
-        ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``.
+        ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``, ``stats``.
         """
         from dispatcher.enqueue import dispatch_batch
         from velosiped import storage

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from velosiped.errors import InputError
+from velosiped.sketch import Stats
 
 __all__ = [
     "FeatureSpec",
@@ -127,11 +128,18 @@ def predict_block(
     names: list[str],
     rows: int,
     name: str,
+    stats: Stats | None = None,
 ) -> pa.Table:
-    x = spec.matrix(batch, name, rows + 1)
+    """One block scored; with ``stats``, its features and predictions are added to them."""
+    columns = spec.numbers(batch, name, rows + 1)
+    if stats is not None:  # before predict: a model's thread pool, still spinning after it, would slow this
+        stats.update_features(columns)
+    x = spec.model_input(columns, batch.num_rows)
     prediction, probabilities = run_model(
         model, x, bool(classes), f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}"
     )
+    if stats is not None:
+        stats.update_prediction(prediction)
     return assemble(batch, kept, prediction, probabilities, names)
 
 

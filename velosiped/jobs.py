@@ -67,6 +67,8 @@ class _Required(TypedDict):
 class Payload(_Required, total=False):
     shard: Shard | None
     """Absent or None: the whole file (jobs from before sharding still validate)."""
+    stats: bool | None
+    """False: gather no statistics while scoring (`--no-stats`); absent or None: gather them."""
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -118,7 +120,12 @@ def _check_shard(shard: Any) -> None:
         raise InputError("job payload: shard needs 0 <= index < count and 0 <= start < end")
 
 
-_OPTIONAL: dict[str, Callable[[Any], None]] = {"shard": _check_shard}
+def _check_stats(stats: Any) -> None:
+    if not isinstance(stats, bool):
+        raise InputError("job payload: stats must be true, false or null")
+
+
+_OPTIONAL: dict[str, Callable[[Any], None]] = {"shard": _check_shard, "stats": _check_stats}
 """Fields a payload may leave out (or set to null), each with its own check."""
 
 

@@ -40,6 +40,13 @@ def batch_errors(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:errors"
 
 
+def batch_stats(batch_id: str) -> str:
+    """Hash: input URI -> JSON statistics of each file scored in a batch (velosiped.sketch.Stats),
+    merged by `velo report`. Always :func:`batch`'s key + ``:stats`` (scripts/state.lua names it so
+    to expire it with the batch, and drops a failed file's)."""
+    return f"{PREFIX}batch:{batch_id}:stats"
+
+
 def batch_jobs(batch_id: str) -> str:
     """Hash: input URI -> JSON job payload, so `velo retry` can enqueue a file again."""
     return f"{PREFIX}batch:{batch_id}:jobs"

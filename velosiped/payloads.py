@@ -42,7 +42,18 @@ __all__ = [
     "remember",
 ]
 
-OPTION_FIELDS = ("batch", "model", "model_version", "model_sha256", "keep", "proba", "features", "sep", "encoding")
+OPTION_FIELDS = (
+    "batch",
+    "model",
+    "model_version",
+    "model_sha256",
+    "keep",
+    "proba",
+    "features",
+    "sep",
+    "encoding",
+    "stats",
+)
 """Payload fields every file of a batch has alike, stored once."""
 
 _OWN_FIELDS = ("input", "input_version", "output")

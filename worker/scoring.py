@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from velosiped import settings, storage
 from velosiped.errors import InputError, TransientError
 from velosiped.frames import FeatureSpec, classes_of, kept_columns, one_line, predict_block
+from velosiped.sketch import Stats
 from velosiped.storage import MAX_HEADER
 
 __all__ = [
@@ -249,6 +250,7 @@ def score_stream(
     parquet: bool = False,
     block_size: int | None = None,
     write_header: bool = True,
+    stats: Stats | None = None,
 ) -> int:
     """Score the CSV (or Parquet) file in ``src`` into ``dst``; returns the number of rows.
 
@@ -257,6 +259,9 @@ def score_stream(
 
     Raises:
         InputError: the file is not one the model can score; the message names ``name``.
+
+    With ``stats`` (an empty :class:`velosiped.sketch.Stats`), the file's features and
+    predictions are gathered into it as its blocks are scored.
     """
     try:
         header, blocks, schema = (
@@ -269,11 +274,13 @@ def score_stream(
         classes = classes_of(model, proba, name)
         names = [*kept, "prediction", *(f"proba_{c}" for c in classes)]
         out: _CsvOut | _ParquetOut = _ParquetOut(dst) if parquet else _CsvOut(dst, names, dialect.sep, write_header)
+        if stats is not None:
+            stats.start(spec.columns, labels=hasattr(model, "classes_"))
         rows = 0
         for batch in blocks:
             if batch.num_rows == 0:
                 continue
-            out.write(predict_block(batch, spec, model, kept, classes, names, rows, name))
+            out.write(predict_block(batch, spec, model, kept, classes, names, rows, name, stats))
             rows += batch.num_rows
         if isinstance(out, _ParquetOut):
             out.close(_empty(model, kept, classes, names, schema))

@@ -23,11 +23,12 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
-from velosiped import keys, lua, storage
+from velosiped import keys, lua, sketch, storage
 from velosiped.access import check_output, check_path
 from velosiped.connection import as_text
 from velosiped.errors import ConfigError, InputError, TransientError, VeloError
 from velosiped.jobs import PARTS_SUFFIX, Payload, error_uri, lineage, shard_group, shard_of
+from velosiped.sketch import Stats
 from velosiped.state import FileState, set_state
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class _Chain:
         return out
 
 
-def _score_part(p: Payload, model: Any) -> int:
+def _score_part(p: Payload, model: Any, stats: Stats | None = None) -> int:
     from worker.scoring import Dialect, score_stream
 
     s, name = shard_of(p), name_of(p)
@@ -128,6 +129,7 @@ def _score_part(p: Payload, model: Any) -> int:
                 features=p["features"],
                 dialect=Dialect(p["sep"], p["encoding"]),
                 write_header=s["index"] == 0,
+                stats=stats,
             )
         except InputError as e:
             if "CSV parse error" in str(e):  # most often a quoted line break cut in two
@@ -161,7 +163,10 @@ def score(p: Payload, model: Any, redis: Redis) -> tuple[int, int | None]:
         pipe.hsetnx(state, "started", f"{time.time():.3f}")
         pipe.expire(state, STATE_TTL)
         pipe.execute()
-    rows = _score_part(p, model)
+    stats = Stats() if p.get("stats") is not False else None
+    rows = _score_part(p, model, stats)
+    if stats is not None:  # before its rows count: the job completing the set finds every shard's
+        redis.hset(state, f"stats:{shard_of(p)['index']}", stats.to_json())
     verdict = _record(redis, p, rows)
     if verdict == "assemble":
         return rows, _assemble(redis, p)
@@ -235,9 +240,21 @@ def _finish(redis: Redis, p: Payload, total: int) -> None:
         log.warning("%s: its lineage is not written: %s", p["input"], e)
     else:
         storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(total)})
+    _store_stats(redis, p)  # before DONE, as a whole file's: they expire with the batch
     set_state(redis, p["batch"], p["input"], FileState.DONE, rows=total)
     drop_stale_error(p)  # after DONE: see worker.task._score_payload
     _clean(p)
+
+
+def _store_stats(redis: Redis, p: Payload) -> None:
+    """The file's statistics, its shards' merged, kept in its batch as a whole file's are."""
+    count = shard_of(p)["count"]
+    found = redis.hmget(keys.shards(shard_group(p)), [f"stats:{i}" for i in range(count)])
+    shards = [Stats.from_json(raw) for raw in found if raw is not None]
+    if shards:
+        merged = Stats().merge_all(shards)
+        merged.files = 1
+        sketch.store(redis, p["batch"], p["input"], merged)
 
 
 def drop_stale_error(p: Payload) -> None:

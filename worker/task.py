@@ -16,10 +16,11 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from velosiped import keys, payloads, settings, storage
+from velosiped import keys, payloads, settings, sketch, storage
 from velosiped.access import check_output, check_path
 from velosiped.errors import ConfigError, FileFailed, InputError, TransientError, VeloError
 from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
+from velosiped.sketch import Stats
 from velosiped.state import FileState, get_state, set_state
 from velosiped.storage.base import causes
 from worker import backoff, metrics, models, shards
@@ -197,8 +198,11 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         model = models.load(p["model"], p["model_version"], p["model_sha256"])
         if p.get("shard"):
             return shards.score(p, model, redis)
-        rows = _score_whole(p, model)
+        stats = Stats() if p.get("stats") is not False else None
+        rows = _score_whole(p, model, stats)
         storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows)})
+        if stats is not None:  # before the file is recorded done: they expire with its batch
+            sketch.store(redis, p["batch"], p["input"], stats)
         return rows, rows
     except JobTimeoutException:
         raise
@@ -228,16 +232,16 @@ def _classify(p: Payload, error: Exception) -> Exception:
     return found if found is not None else error
 
 
-def _score_whole(p: Payload, model: Any) -> int:
+def _score_whole(p: Payload, model: Any, stats: Stats | None = None) -> int:
     dialect = Dialect(p["sep"], p["encoding"])
     try:
-        return _score_whole_as(p, model, dialect)
+        return _score_whole_as(p, model, dialect, stats)
     except QuotedLineBreaks:  # the output was not written: read the file again, tracking quotes
         log.info("%s: quoted fields hold line breaks; reading it again with them in mind", p["input"])
-        return _score_whole_as(p, model, replace(dialect, newlines_in_values=True))
+        return _score_whole_as(p, model, replace(dialect, newlines_in_values=True), stats)
 
 
-def _score_whole_as(p: Payload, model: Any, dialect: Dialect) -> int:
+def _score_whole_as(p: Payload, model: Any, dialect: Dialect, stats: Stats | None) -> int:
     # The input is read at the version dispatched, and still that version when its output is kept:
     # an output is never labelled with a version it was not made from.
     with (
@@ -254,6 +258,7 @@ def _score_whole_as(p: Payload, model: Any, dialect: Dialect) -> int:
             features=p["features"],
             dialect=dialect,
             parquet=is_parquet(p["input"]),
+            stats=stats,
         )
         storage.check_unchanged(p["input"], p["input_version"])  # inside: a changed input keeps no output
         return rows

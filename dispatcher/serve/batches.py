@@ -38,6 +38,7 @@ class DispatchOptions(BaseModel):
     sep: str = ","
     encoding: str = "utf-8"
     shard_size: str = "0"
+    stats: bool = True
     timeout: int = 6 * 3600
 
 
@@ -73,6 +74,7 @@ def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Req
             o.sep,
             o.encoding,
             o.shard_size,
+            o.stats,
         )
         if opts.output:
             check_path(opts.output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -515,3 +516,29 @@ def test_rq_requeue_of_the_failed_shards_job_scores_the_fixed_file_whole(redis, 
     assert (tmp_path / "in" / "x.out.csv").read_bytes() == whole(fixed, model)
     assert not (tmp_path / "in" / "x.out.csv.error.json").exists()
     assert q.fetch_job(failed).description == f"score {src} -> {tmp_path / 'in' / 'x.out.csv'} (batch {batch.id})"
+
+
+def test_a_sharded_files_statistics_are_its_shards_merged_and_no_stats_gathers_none(redis, tmp_path, model):
+    from velosiped.sketch import load_batch
+
+    # Given a file split in 4 shards and a small whole one
+    frame = make_frame(4_000, seed=7)
+    data = csv_bytes(frame)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.csv").write_bytes(data)
+    (tmp_path / "in" / "small.csv").write_bytes(csv_bytes(make_frame(10)))
+    opts = options(tmp_path, model, shard_size=len(data) // 4 + 1)
+    _, batch = dispatch(redis, str(tmp_path / "in"), opts)
+    work(redis, reverse=True)
+    # Then the batch holds one entry a file, the big one its shards' merged: every row once
+    stats = load_batch(redis, batch.id)
+    assert (stats.files, stats.rows) == (2, 4_010)
+    assert stats.features["f1"].count == 4_010
+    assert stats.features["f1"].mean == pytest.approx((frame["f1"].sum() + make_frame(10)["f1"].sum()) / 4_010)
+    # And a batch dispatched with --no-stats keeps none
+    for p in (tmp_path / "in").glob("*.out.csv"):
+        p.unlink()
+    _, quiet = dispatch(redis, str(tmp_path / "in"), replace(opts, stats=False, force=True))
+    work(redis)
+    assert describe(redis, quiet.id)["done"] == 2
+    assert load_batch(redis, quiet.id).files == 0

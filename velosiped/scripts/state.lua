@@ -4,6 +4,8 @@
 -- (at least once delivery) counts once.
 -- A queued or running file's value names its jobs too ('queued velo-a,velo-b'), so a file whose
 -- jobs were removed behind Velosiped's back (`rq empty`) can be found (dispatcher/lost.py).
+-- A failed file takes its statistics (the batch's stats hash, named counters .. ':stats': see
+-- keys.batch_stats, and stats.lua) out of the batch: a file that fails contributes nothing.
 -- A batch whose files are all done or failed expires, keys and all, after its retention (the
 -- counters' 'retention' field, written at its creation), with its options ('options' names
 -- them: enqueue.lua); new work in it (retry, watch) keeps it.
@@ -32,14 +34,17 @@ local function set_state(files, counters, errors, jobs, file, state, rows, err, 
     redis.call('HDEL', errors, file)
   elseif state == 'failed' then
     redis.call('HSET', errors, file, err)
+    if redis.call('HDEL', counters .. ':stats', file) == 1 then
+      redis.call('HINCRBY', counters .. ':stats', 'velo:version', 1) -- a merge kept is stale (stats.lua)
+    end
   end
   if state == 'running' and not redis.call('HGET', counters, 'started_at') then
     redis.call('HSET', counters, 'started_at', now)
   end
   if state == 'done' or state == 'failed' then redis.call('HSET', counters, 'updated_at', now) end
   local c = redis.call('HMGET', counters, 'total', 'done', 'failed', 'retention', 'options')
-  local all = {files, counters, errors, jobs}
-  if c[5] then all[5] = c[5] end -- (a missing field is false, not nil)
+  local all = {files, counters, errors, jobs, counters .. ':stats'}
+  if c[5] then all[6] = c[5] end -- (a missing field is false, not nil)
   if (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0) >= (tonumber(c[1]) or 0) then
     -- 604800: settings.BATCH_RETENTION's default, for a batch created before retention existed
     local retention = tonumber(c[4]) or 604800

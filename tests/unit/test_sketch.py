@@ -1,0 +1,169 @@
+"""Statistics gathered while scoring (velosiped.sketch): exact moments, 1 % quantiles, merges in any
+order, compact JSON, bounded size; stored per file in the batch, a failed file's dropped."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from tests.helpers import csv_bytes, fit_model, make_frame
+from velosiped import keys
+from velosiped.jobs import validate
+from velosiped.sketch import MAX_BUCKETS, Sketch, Stats, load_batch, store
+from velosiped.state import FileState, set_state
+from worker.scoring import score_stream
+
+QS = [0.01, 0.05, 0.1, 0.25, 0.75, 0.9, 0.95, 0.99]
+
+
+def sketch_of(values, blocks: int = 1) -> Sketch:
+    s = Sketch()
+    for part in np.array_split(np.asarray(values, dtype=float), blocks):
+        s.update(part)
+    return s
+
+
+def same(a: Sketch, b: Sketch) -> None:
+    assert (a.count, a.nulls, a.min, a.max) == (b.count, b.nulls, b.min, b.max)
+    assert a.keys.tolist() == b.keys.tolist() and a.weights.tolist() == b.weights.tolist()
+    assert a.mean == pytest.approx(b.mean, rel=1e-12, abs=1e-12)
+    assert a.variance == pytest.approx(b.variance, rel=1e-12)
+
+
+def test_moments_are_exact_and_quantiles_within_one_percent_of_numpy():
+    x = np.random.default_rng(1).normal(size=100_000)
+    s = sketch_of(x, blocks=7)
+    assert s.count == x.size and s.min == x.min() and s.max == x.max()
+    assert s.mean == pytest.approx(x.mean(), abs=1e-12)
+    assert s.variance == pytest.approx(x.var(), rel=1e-12)
+    got, want = s.quantile(QS), np.quantile(x, QS)
+    assert np.all(np.abs(got / want - 1) <= 0.015), got / want - 1
+    # Away from zero every quantile is within the relative accuracy
+    y = np.random.default_rng(2).normal(50, 10, size=100_000)
+    qs = np.linspace(0.01, 0.99, 99)
+    assert np.all(np.abs(sketch_of(y).quantile(qs) / np.quantile(y, qs) - 1) <= 0.015)
+    # and the CDF at a quantile gives its share back
+    assert s.cdf(np.quantile(x, [0.1, 0.5, 0.9])) == pytest.approx([0.1, 0.5, 0.9], abs=0.01)
+
+
+def test_merge_is_associative_commutative_and_equals_one_pass():
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=5_000), rng.exponential(size=7_000) * 100, -rng.lognormal(size=3_000)
+    left = sketch_of(a).merge(sketch_of(b)).merge(sketch_of(c))
+    right = sketch_of(a).merge(sketch_of(b).merge(sketch_of(c)))
+    swapped = sketch_of(c).merge(sketch_of(a)).merge(sketch_of(b))
+    whole = sketch_of(np.concatenate([a, b, c]))
+    for other in (right, swapped, whole):
+        same(left, other)
+    assert left.merge(Sketch()).count == whole.count  # the empty sketch merges as nothing
+
+
+def test_variance_far_from_zero_stays_exact():
+    x = 1e9 + np.random.default_rng(6).normal(size=50_000)  # e.g. timestamps: cancellation in sum of squares
+    assert sketch_of(x, blocks=5).variance == pytest.approx(x.var(), rel=1e-6)
+
+
+def test_nulls_zeros_and_infinities():
+    s = sketch_of([np.nan, 0.0, -0.0, 1e-12, 1.0, -1.0, np.nan, np.inf])
+    assert (s.count, s.nulls) == (6, 2)
+    assert s.max == np.inf and s.quantile(1.0) == np.inf
+    assert s.quantile(0.0) == -1.0
+    assert s.cdf(0.0) == pytest.approx(4 / 6)  # -1 and the three zeros
+    assert Sketch().quantile(0.5) != Sketch().quantile(0.5)  # NaN: nothing seen
+
+
+def test_json_round_trip_is_exact_and_compact():
+    rng = np.random.default_rng(4)
+    stats = Stats([f"f{i}" for i in range(20)], labels=True)
+    x = rng.normal(size=(20_000, 20))
+    stats.update(list(x.T), np.where(x[:, 0] > 0, "yes", "no"))
+    text = stats.to_json()
+    back = Stats.from_json(text)
+    assert back.rows == 20_000 and back.labels and back.classes == stats.classes
+    for name, sketch in stats.features.items():
+        same(sketch, back.features[name])
+    assert back.features["f3"].quantile(0.9) == stats.features["f3"].quantile(0.9)
+    # 20 features of 20,000 normal rows: well under 2 KB a feature
+    assert len(text) < 20 * 2_000, len(text)
+
+
+def test_size_is_bounded_whatever_the_spread():
+    rng = np.random.default_rng(5)
+    spread = 10.0 ** rng.uniform(-300, 300, size=200_000) * rng.choice([-1, 1], size=200_000)
+    s = sketch_of(spread, blocks=20)
+    assert s.keys.size <= MAX_BUCKETS and s.count == 200_000
+    # the largest magnitudes keep their accuracy (the smallest were folded)
+    assert s.quantile(0.9995) / np.quantile(spread, 0.9995) == pytest.approx(1, abs=0.02)
+    assert len(s.to_dict()["b"]) < 24_000
+
+
+def test_a_number_prediction_gets_a_sketch_a_label_class_counts():
+    numbers = Stats(["a"], labels=False)
+    numbers.update([np.arange(10.0)], np.arange(10.0))
+    assert numbers.prediction.count == 10 and not numbers.classes
+    labels = Stats(["a"], labels=True)
+    labels.update([np.arange(4.0)], np.array([1, 0, 1, 1]))
+    assert labels.classes == {"0": 1, "1": 3} and labels.prediction.count == 0
+
+
+def test_score_stream_gathers_the_files_statistics():
+    df = make_frame(3_000)
+    stats = Stats()
+    rows = score_stream(
+        io.BytesIO(csv_bytes(df)), io.BytesIO(), fit_model(), name="a.csv", block_size=4096, stats=stats
+    )
+    assert rows == 3_000 and stats.rows == 3_000 and stats.files == 1
+    assert list(stats.features) == ["f0", "f1", "f2", "f3"]
+    assert stats.features["f2"].mean == pytest.approx(df["f2"].mean())
+    assert sum(stats.classes.values()) == 3_000 and set(stats.classes) <= {"0", "1"}
+
+
+def test_stored_per_file_merged_on_read_a_failed_file_dropped_expiring_with_the_batch(redis, monkeypatch):
+    batch = "b1"
+    redis.hset(keys.batch(batch), mapping={"total": 0, "retention": 100})
+    for f in ("/d/a.csv", "/d/b.csv"):
+        set_state(redis, batch, f, FileState.RUNNING)
+    one = Stats(["x"])
+    one.start(["x"], labels=False)
+    one.update([np.arange(100.0)], np.zeros(100))
+    assert store(redis, batch, "/d/a.csv", one) and store(redis, batch, "/d/b.csv", one)
+    assert load_batch(redis, batch).rows == 200
+    # The merge is kept, stamped with the hash's version: read again, it is the kept one
+    assert redis.hget(keys.batch_stats(batch), "velo:merged").startswith(b"2 ")
+    redis.hset(keys.batch_stats(batch), "velo:merged", b"2 " + Stats().to_json().encode())
+    assert load_batch(redis, batch).rows == 0  # (the kept merge, doctored: proof it was read)
+    store(redis, batch, "/d/b.csv", one)  # a change (a file stored again) makes it stale
+    assert load_batch(redis, batch).files == 2
+    set_state(redis, batch, "/d/a.csv", FileState.DONE, rows=100)
+    assert redis.ttl(keys.batch_stats(batch)) == -1  # the batch has work still
+    set_state(redis, batch, "/d/b.csv", FileState.FAILED, error="bad")
+    merged = load_batch(redis, batch)
+    assert merged.rows == 100 and merged.features["x"].count == 100  # b.csv contributes nothing
+    assert 0 < redis.ttl(keys.batch_stats(batch)) <= 100  # finished: expires with the batch
+    assert keys.batch_stats(batch) == keys.batch(batch) + ":stats"  # as state.lua names it
+    # A batch gone keeps nothing
+    assert not store(redis, "gone", "/d/a.csv", one)
+    assert not redis.exists(keys.batch_stats("gone"))
+
+
+def test_payload_stats_option():
+    base = {
+        "input": "/a.csv",
+        "input_version": "v",
+        "output": "/a.out.csv",
+        "model": "/m",
+        "model_version": "m",
+        "model_sha256": None,
+        "keep": None,
+        "proba": False,
+        "features": None,
+        "sep": ",",
+        "encoding": "utf-8",
+        "batch": "b",
+    }
+    assert validate({**base, "stats": False})["stats"] is False
+    assert "stats" not in validate(dict(base))
+    with pytest.raises(Exception, match="stats"):
+        validate({**base, "stats": "no"})

@@ -1,0 +1,454 @@
+"""Mergeable statistics of a column, gathered in the one pass that scores a file.
+
+:class:`Sketch` holds, for one numeric column: count, nulls (NaN), min, max, mean and variance
+(per block from its sum and sum of squares, merged with Chan et al.'s pairwise formula), and a
+log-bucketed histogram in the manner of DDSketch (its log-linear mapping, as HDR histograms do):
+a value's bucket is its float64 exponent and the top ``MANTISSA_BITS`` bits of its mantissa, so a
+bucket spans at most 1/64 of its values' magnitude, and every quantile is known within
+``ALPHA`` (0.8 %) of a value in its bucket. Positive and negative buckets share one signed key
+space, ordered as the values are (key 0: ``|x| < TINY``). Past ``MAX_BUCKETS`` non-empty buckets,
+the smallest magnitudes fold into one of each sign, so what is stored is bounded whatever the
+file's size. Sketches merge exactly (counts add), in any order.
+
+The bucket is found from the float's bits with integer operations, no logarithm (a third of
+the time ``np.log`` takes), and a block's buckets are counted with one ``np.bincount`` into a
+dense array, turned into sorted sparse buckets only when the sketch is read or stored. That
+array spans the keys seen: about 2,800 for normal data, at most ~135,000 (1 MB) for a column
+whose magnitudes run from 1e-9 to 1e308 in both signs; what is stored keeps MAX_BUCKETS at most.
+
+:class:`Stats` is one file's (or one batch's): a sketch per feature and one of the prediction, or
+class counts when the prediction is a class label. ``to_json`` is compact (buckets as zlib'd
+base64); ``from_json`` reads it back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from velosiped import keys, lua
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+__all__ = ["ALPHA", "MAX_BUCKETS", "MAX_CLASSES", "Sketch", "Stats", "load_batch", "store"]
+
+MANTISSA_BITS = 6
+"""Mantissa bits of a bucket: 64 buckets a power of two."""
+
+ALPHA = 1 / (2**MANTISSA_BITS * 2 + 1)
+"""Relative accuracy of a quantile (0.78 %): a bucket's value is within this of any value in it."""
+
+MAX_BUCKETS = 2048
+"""Non-empty buckets a stored sketch keeps at most."""
+
+MAX_CLASSES = 1000
+"""Distinct prediction labels counted at most; more go to ``OTHER``."""
+
+OTHER = "(other)"
+
+TINY = 1e-9
+"""Magnitudes below this count as zero."""
+
+_SHIFT = 52 - MANTISSA_BITS
+_MAGNITUDE = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+_TINY_KEY = int(np.array(TINY).view(np.int64)) >> _SHIFT
+_OFFSET = _TINY_KEY - 1
+"""Subtracted from a magnitude's bucket, so ``TINY`` is key 1 and smaller magnitudes 0 or less."""
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+
+
+class Sketch:
+    """Statistics of one numeric column; see the module's text."""
+
+    __slots__ = (
+        "_dense",
+        "_low",
+        "_sparse_keys",
+        "_sparse_weights",
+        "count",
+        "m2",
+        "max",
+        "mean",
+        "min",
+        "nulls",
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        """Values seen, NaN excepted."""
+        self.nulls = 0
+        self.min = math.inf
+        self.max = -math.inf
+        self.mean = 0.0
+        self.m2 = 0.0
+        """Sum of squared deviations from the mean."""
+        self._sparse_keys: Ints = np.zeros(0, np.int64)
+        self._sparse_weights: Ints = np.zeros(0, np.int64)
+        self._dense: Ints | None = None
+        """Counts of keys ``_low``, ``_low + 1``, ... gathered since the last look (cheap to add to)."""
+        self._low = 0
+
+    # -- gathering -------------------------------------------------------------------------
+
+    def update(self, values: npt.ArrayLike) -> None:
+        """Add a block of values (NaN counts as a null; an infinity as the largest magnitude)."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size == 0:
+            return
+        total = float(v.sum())
+        if math.isnan(total):  # rare: only then is every value looked at for NaN
+            missing = np.isnan(v)
+            self.nulls += int(np.count_nonzero(missing))
+            v = v[~missing]
+            if v.size == 0:
+                return
+            total = float(v.sum())
+        n = int(v.size)
+        with np.errstate(invalid="ignore", over="ignore"):  # an infinity makes the moments inf or NaN, honestly
+            mean = total / n
+            m2 = max(float(np.einsum("i,i->", v, v)) - n * mean * mean, 0.0)  # not BLAS: its threads would spin
+            if mean * mean > 1e6 * m2 / n:  # far from zero for its spread: cancellation; the exact way then
+                deviation = v - mean
+                m2 = float(np.einsum("i,i->", deviation, deviation))
+        self._merge_moments(n, mean, m2, float(v.min()), float(v.max()))
+        bits = v.view(np.int64)
+        key = (bits & _MAGNITUDE) >> _SHIFT
+        key -= _OFFSET
+        np.maximum(key, 0, out=key)
+        sign = bits >> 63  # 0, or -1 for a negative value
+        key ^= sign
+        key -= sign  # the negative's key is minus its magnitude's
+        low = int(key.min())
+        counts = np.bincount(key - low)
+        self._add_dense(low, counts)
+
+    def _add_dense(self, low: int, counts: Ints) -> None:
+        if self._dense is None:
+            self._dense, self._low = counts, low
+            return
+        high = max(self._low + self._dense.size, low + counts.size)
+        start = min(self._low, low)
+        if start != self._low or high != self._low + self._dense.size:
+            grown = np.zeros(high - start, np.int64)
+            grown[self._low - start : self._low - start + self._dense.size] = self._dense
+            self._dense, self._low = grown, start
+        self._dense[low - self._low : low - self._low + counts.size] += counts
+
+    def _flush(self) -> None:
+        """The dense counts gathered so far into the sparse buckets, bounded."""
+        if self._dense is None:
+            return
+        found = np.flatnonzero(self._dense)
+        dense_keys, dense_weights = found + self._low, self._dense[found]
+        self._dense = None
+        self._set(*_sum_by_key([self._sparse_keys, dense_keys], [self._sparse_weights, dense_weights]))
+
+    def _set(self, keys_: Ints, weights: Ints) -> None:
+        self._sparse_keys, self._sparse_weights = keys_, weights
+        if keys_.size > MAX_BUCKETS:
+            self._collapse()
+
+    @property
+    def keys(self) -> Ints:
+        """Sorted signed bucket keys (non-empty buckets only)."""
+        self._flush()
+        return self._sparse_keys
+
+    @property
+    def weights(self) -> Ints:
+        """Each bucket's count."""
+        self._flush()
+        return self._sparse_weights
+
+    def merge(self, other: Sketch) -> Sketch:
+        """Add ``other`` into this sketch; returns it."""
+        return self.merge_all([other])
+
+    def merge_all(self, others: Iterable[Sketch]) -> Sketch:
+        """Add every sketch of ``others`` into this one (one sort for all); returns it."""
+        all_keys, all_weights = [self.keys], [self.weights]
+        for other in others:
+            self.nulls += other.nulls
+            if other.count:
+                self._merge_moments(other.count, other.mean, other.m2, other.min, other.max)
+                all_keys.append(other.keys)
+                all_weights.append(other.weights)
+        if len(all_keys) > 1:
+            self._set(*_sum_by_key(all_keys, all_weights))
+        return self
+
+    def _merge_moments(self, n: int, mean: float, m2: float, low: float, high: float) -> None:
+        total = self.count + n
+        delta = mean - self.mean
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.mean += delta * n / total
+        self.count = total
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
+
+    def _collapse(self) -> None:
+        """Fold the smallest magnitudes into one bucket of each sign, to keep MAX_BUCKETS at most."""
+        size = np.abs(self._sparse_keys)
+        floor = int(np.sort(size[size > 0])[::-1][MAX_BUCKETS - 3])
+        folded = np.where((size > 0) & (size < floor), np.sign(self._sparse_keys) * floor, self._sparse_keys)
+        self._sparse_keys, self._sparse_weights = _sum_by_key([folded], [self._sparse_weights])
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def variance(self) -> float:
+        return self.m2 / self.count if self.count else math.nan
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.variance) if self.count else math.nan
+
+    def values(self) -> Floats:
+        """Each bucket's value (within ALPHA of every value in it), in the keys' order; clipped to [min, max]."""
+        k = self.keys
+        magnitude = np.abs(k) + _OFFSET
+        low = (magnitude << _SHIFT).view(np.float64)
+        high = ((magnitude + 1) << _SHIFT).view(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = 2 / (1 / low + 1 / high)  # their harmonic mean: the least relative error
+        value = np.where(k == 0, 0.0, np.where(k < 0, -value, value))
+        return np.clip(value, self.min, self.max) if self.count else value
+
+    def quantile(self, q: float | npt.ArrayLike) -> Any:
+        """The ``q`` quantile(s), within about ALPHA of the true value; NaN for an empty sketch."""
+        qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
+        if not self.count:
+            out = np.full(qs.shape, math.nan)
+        else:
+            cumulative = np.cumsum(self.weights)
+            rank = np.clip(qs, 0.0, 1.0) * (cumulative[-1] - 1)
+            at = np.searchsorted(cumulative, rank, side="right")
+            out = self.values()[np.minimum(at, self.keys.size - 1)]
+            out = np.where(qs <= 0, self.min, np.where(qs >= 1, self.max, out))
+        return float(out[0]) if np.ndim(q) == 0 else out
+
+    def cdf(self, x: float | npt.ArrayLike) -> Any:
+        """Share of values <= ``x`` (each bucket's values taken at its value)."""
+        xs = np.atleast_1d(np.asarray(x, dtype=np.float64))
+        if not self.count:
+            out = np.full(xs.shape, math.nan)
+        else:
+            cumulative = np.concatenate([[0], np.cumsum(self.weights)])
+            out = cumulative[np.searchsorted(self.values(), xs, side="right")] / cumulative[-1]
+        return float(out[0]) if np.ndim(x) == 0 else out
+
+    # -- storing ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A compact dict: the moments, and the buckets as base64 of zlib of the keys' steps
+        and the counts, each in the narrowest of 1, 2 or 4 bytes that holds them."""
+        d: dict[str, Any] = {"n": self.count, "nulls": self.nulls}
+        if self.count:
+            steps, weights = np.diff(self.keys, prepend=0), self.weights
+            ks, ws = _width(int(np.abs(steps[1:]).max(initial=0)), True), _width(int(weights.max()), False)
+            first = np.array([self.keys[0]], np.int32).tobytes()
+            packed = zlib.compress(first + steps[1:].astype(ks).tobytes() + weights.astype(ws).tobytes(), 6)
+            d.update(min=self.min, max=self.max, mean=self.mean, m2=self.m2)
+            d["b"] = f"{np.dtype(ks).str[1:]}{np.dtype(ws).str[1:]}:" + base64.b64encode(packed).decode("ascii")
+            if int(weights.max()) > 0xFFFFFFFF:  # a bucket over 4 billion values: kept whole
+                d["w"] = weights.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sketch:
+        s = cls()
+        s.count, s.nulls = int(d["n"]), int(d["nulls"])
+        if s.count:
+            s.min, s.max, s.mean, s.m2 = float(d["min"]), float(d["max"]), float(d["mean"]), float(d["m2"])
+            types, data = d["b"].split(":", 1)
+            ks, ws = np.dtype("<" + types[:2]), np.dtype("<" + types[2:])
+            raw = zlib.decompress(base64.b64decode(data))
+            size = (len(raw) - 4 + ks.itemsize) // (ks.itemsize + ws.itemsize)
+            steps = np.frombuffer(raw, ks, size - 1, 4).astype(np.int64)
+            s._sparse_keys = np.cumsum(np.concatenate([np.frombuffer(raw, np.int32, 1).astype(np.int64), steps]))
+            weights = d.get("w")
+            s._sparse_weights = (
+                np.asarray(weights, np.int64)
+                if weights
+                else np.frombuffer(raw, ws, size, 4 + (size - 1) * ks.itemsize).astype(np.int64)
+            )
+        return s
+
+
+def _width(largest: int, signed: bool) -> type[np.integer[Any]]:
+    """The narrowest integer type (1, 2 or 4 bytes) that holds ``largest``."""
+    if signed:
+        return np.int8 if largest < 1 << 7 else np.int16 if largest < 1 << 15 else np.int32
+    return np.uint8 if largest < 1 << 8 else np.uint16 if largest < 1 << 16 else np.uint32
+
+
+def _sum_by_key(keys_: list[Ints], weights: list[Ints]) -> tuple[Ints, Ints]:
+    """Sorted distinct keys, and the summed weights of each: counted densely over the keys' span
+    (linear time: a batch's thousands of files merge fast), sorted when the span is too wide."""
+    both = np.concatenate(keys_)
+    if both.size == 0:
+        return both.astype(np.int64), both.astype(np.int64)
+    summed = np.concatenate(weights)
+    low, high = int(both.min()), int(both.max())
+    if high - low < max(1 << 18, 4 * both.size):
+        dense = np.bincount(both - low, summed, minlength=high - low + 1)
+        found = np.flatnonzero(dense)
+        return found + low, dense[found].astype(np.int64)
+    distinct, where = np.unique(both, return_inverse=True)
+    return distinct, np.bincount(where.ravel(), summed).astype(np.int64)
+
+
+class Stats:
+    """One file's or batch's statistics: a :class:`Sketch` per feature, and of the prediction (or its
+    class counts, when the prediction is a class label)."""
+
+    def __init__(self, features: Sequence[str] = (), labels: bool = False) -> None:
+        self.labels = labels
+        """The prediction is a class label (the model has ``classes_``): counted per class."""
+        self.rows = 0
+        self.files = 0
+        self.features: dict[str, Sketch] = {f: Sketch() for f in features}
+        self.prediction = Sketch()
+        self.classes: dict[str, int] = {}
+
+    def start(self, features: Sequence[str], labels: bool) -> None:
+        """Gather one file's statistics from now on: its ``features`` (names), and its predictions as
+        class labels or numbers."""
+        self.__init__(features, labels)  # type: ignore[misc]
+        self.files = 1
+
+    def update(self, columns: Sequence[npt.NDArray[Any]], prediction: npt.NDArray[Any]) -> None:
+        """Add one block: its feature columns (float64, in ``features``' order) and its predictions."""
+        self.update_features(columns)
+        self.update_prediction(prediction)
+
+    def update_features(self, columns: Sequence[npt.NDArray[Any]]) -> None:
+        """Add one block's feature columns (float64, in ``features``' order)."""
+        for sketch, column in zip(self.features.values(), columns, strict=True):
+            sketch.update(column)
+
+    def update_prediction(self, prediction: npt.NDArray[Any]) -> None:
+        """Add one block's predictions (its rows: one prediction each)."""
+        self.rows += len(prediction)
+        if not self.labels:
+            self.prediction.update(prediction)
+            return
+        try:
+            labels, counts = np.unique(prediction, return_counts=True)  # ints: far faster than as text
+        except TypeError:  # objects of several types
+            labels, counts = np.unique(prediction.astype(str), return_counts=True)
+        for value, count in zip(labels.tolist(), counts.tolist(), strict=True):
+            label = str(value)
+            key = label if label in self.classes or len(self.classes) < MAX_CLASSES else OTHER
+            self.classes[key] = self.classes.get(key, 0) + int(count)
+
+    def merge(self, other: Stats) -> Stats:
+        return self.merge_all([other])
+
+    def merge_all(self, others: Iterable[Stats]) -> Stats:
+        """Add every one of ``others`` into this one (one sort a column for all); returns it."""
+        features: dict[str, list[Sketch]] = {}
+        predictions = []
+        for other in others:
+            self.labels = self.labels or other.labels
+            self.rows += other.rows
+            self.files += other.files
+            for name, sketch in other.features.items():
+                features.setdefault(name, []).append(sketch)
+            predictions.append(other.prediction)
+            for label, count in other.classes.items():
+                self.classes[label] = self.classes.get(label, 0) + count
+        for name, sketches in features.items():
+            self.features.setdefault(name, Sketch()).merge_all(sketches)
+        self.prediction.merge_all(predictions)
+        return self
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {
+            "v": 1,
+            "rows": self.rows,
+            "files": self.files,
+            "labels": self.labels,
+            "features": {name: s.to_dict() for name, s in self.features.items()},
+        }
+        if self.prediction.count or self.prediction.nulls:
+            d["prediction"] = self.prediction.to_dict()
+        if self.classes:
+            d["classes"] = self.classes
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Stats:
+        d = json.loads(text)
+        if not isinstance(d, dict) or d.get("v") != 1:
+            raise ValueError("not a version 1 statistics object")
+        s = cls(labels=bool(d.get("labels")))
+        s.rows, s.files = int(d["rows"]), int(d.get("files", 0))
+        s.features = {name: Sketch.from_dict(f) for name, f in d["features"].items()}
+        if "prediction" in d:
+            s.prediction = Sketch.from_dict(d["prediction"])
+        s.classes = {str(k): int(v) for k, v in d.get("classes", {}).items()}
+        return s
+
+
+def store(redis: Redis, batch_id: str, file: str, stats: Stats) -> bool:
+    """Keep a scored file's statistics in its batch (before the file is recorded done, so they
+    expire with the batch); False when the batch is gone."""
+    args = [file, stats.to_json()]
+    script = lua.script(redis, "stats.lua")
+    return bool(script(keys=[keys.batch_stats(batch_id), keys.batch(batch_id)], args=args, client=redis))
+
+
+VERSION_FIELD = "velo:version"
+"""Field of a batch's stats hash counting its changes (scripts/stats.lua, state.lua); no input
+URI is named so (a local path starts with /, an S3 one with s3://)."""
+
+MERGED_FIELD = "velo:merged"
+"""Field of a batch's stats hash: its files' statistics merged, as of a version (a cache)."""
+
+
+def load_batch(redis: Redis, batch_id: str) -> Stats:
+    """Every file's statistics of a batch, merged (files that failed left none).
+
+    The merge is kept in the batch's hash with the version it was made at: read again while no
+    file has been stored or dropped since, it costs one read whatever the batch's size."""
+    key = keys.batch_stats(batch_id)
+    version, cached = (_bytes(v) for v in redis.hmget(key, [VERSION_FIELD, MERGED_FIELD]))
+    if version is not None and cached is not None:
+        stamp, _, text = cached.partition(b" ")
+        if stamp == version:
+            return Stats.from_json(text)
+    merged = Stats()
+    chunk: list[Stats] = []
+    for field, raw in redis.hscan_iter(key, count=1000):
+        if _bytes(field) in (VERSION_FIELD.encode(), MERGED_FIELD.encode()):
+            continue
+        chunk.append(Stats.from_json(raw))
+        if len(chunk) == 1000:  # merged a thousand at a time: memory stays bounded
+            merged.merge_all(chunk)
+            chunk = []
+    merged.merge_all(chunk)
+    if version is not None:  # stamped with the version read before the scan: any change since makes it stale
+        _keep_merged(redis, key, version, merged)
+    return merged
+
+
+def _bytes(value: Any) -> bytes | None:
+    """A value read from Redis as bytes (None stays None)."""
+    return value if isinstance(value, bytes) or value is None else str(value).encode()
+
+
+def _keep_merged(redis: Redis, key: str, version: bytes, merged: Stats) -> None:
+    """Keep the merge in the hash, only if it still exists (it expires with its batch)."""
+    script = lua.script(redis, "stats_merged.lua")
+    script(keys=[key], args=[MERGED_FIELD, version + b" " + merged.to_json().encode()], client=redis)
