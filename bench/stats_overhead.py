@@ -95,7 +95,7 @@ def main() -> None:
     names = args.models.split(",")
     paths, models = make_data(args.data / f"rows-{args.rows}", 1, args.rows, names)
     table = [
-        "| model | without statistics (`--no-stats`) | with statistics (default) | overhead |",
+        "| model | without statistics (the default) | with statistics (`--stats`) | overhead |",
         "|---|---:|---:|---:|",
     ]
     stats = Stats()

@@ -94,8 +94,8 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
         "encoding": opts.encoding,
         "batch": batch_id,
     }
-    if not opts.stats:  # only then: the options of a batch with statistics are what they were before
-        payload["stats"] = False
+    if opts.stats:  # only then: the options of a batch without statistics are what they were before
+        payload["stats"] = True
     return payload
 
 

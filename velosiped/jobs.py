@@ -68,7 +68,7 @@ class Payload(_Required, total=False):
     shard: Shard | None
     """Absent or None: the whole file (jobs from before sharding still validate)."""
     stats: bool | None
-    """False: gather no statistics while scoring (`--no-stats`); absent or None: gather them."""
+    """True: gather statistics while scoring (`--stats`); absent, None or False: do not."""
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

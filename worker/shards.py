@@ -163,7 +163,7 @@ def score(p: Payload, model: Any, redis: Redis) -> tuple[int, int | None]:
         pipe.hsetnx(state, "started", f"{time.time():.3f}")
         pipe.expire(state, STATE_TTL)
         pipe.execute()
-    stats = Stats() if p.get("stats") is not False else None
+    stats = Stats() if p.get("stats") is True else None
     rows = _score_part(p, model, stats)
     if stats is not None:  # before its rows count: the job completing the set finds every shard's
         redis.hset(state, f"stats:{shard_of(p)['index']}", stats.to_json())

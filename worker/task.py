@@ -198,7 +198,7 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         model = models.load(p["model"], p["model_version"], p["model_sha256"])
         if p.get("shard"):
             return shards.score(p, model, redis)
-        stats = Stats() if p.get("stats") is not False else None
+        stats = Stats() if p.get("stats") is True else None
         rows = _score_whole(p, model, stats)
         storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows)})
         if stats is not None:  # before the file is recorded done: they expire with its batch

@@ -38,7 +38,7 @@ class DispatchOptions(BaseModel):
     sep: str = ","
     encoding: str = "utf-8"
     shard_size: str = "0"
-    stats: bool = True
+    stats: bool = False
     timeout: int = 6 * 3600
 
 

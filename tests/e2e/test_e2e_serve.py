@@ -178,12 +178,20 @@ def test_the_page_shows_a_batch_go_from_queued_to_done_and_a_failed_files_reason
     dispatched = velo("dispatch", data, "--model", model_path, "--redis", clean_redis)
     batch_id = dispatched.stdout.split("batch ", 1)[1].split(":", 1)[0]
     browser = _browser()
+    from selenium.common.exceptions import StaleElementReferenceException
+
     try:
         browser.get(base + "/")
 
+        def read(what):  # the page redraws every second: an element read as it is replaced is read again
+            try:
+                return what()
+            except StaleElementReferenceException:
+                return None
+
         def row_state():
             rows = browser.find_elements("css selector", f'tr[data-batch="{batch_id}"]')
-            return rows[0].get_attribute("data-state") if rows else None
+            return read(lambda: rows[0].get_attribute("data-state")) if rows else None
 
         # Then the page shows the batch queued
         assert wait_until(lambda: row_state() == "queued", 20, message="the batch shown queued")
@@ -192,9 +200,12 @@ def test_the_page_shows_a_batch_go_from_queued_to_done_and_a_failed_files_reason
         wait_until(lambda: row_state() in ("done", "failed"), 20, message="the batch shown finished")
         assert row_state() == "failed"  # finished, with one failed file
         reasons = wait_until(
-            lambda: [li.text for li in browser.find_elements("css selector", "#failures li[data-file]")], 20
+            lambda: read(lambda: [li.text for li in browser.find_elements("css selector", "#failures li[data-file]")]),
+            20,
         )
         assert any("broken.csv" in r and "f1" in r for r in reasons), reasons
-        assert "3/4" in browser.find_element("css selector", f'tr[data-batch="{batch_id}"]').text
+        selector = f'tr[data-batch="{batch_id}"]'
+        row = wait_until(lambda: read(lambda: browser.find_element("css selector", selector).text), 20)
+        assert "3/4" in row, row
     finally:
         browser.quit()

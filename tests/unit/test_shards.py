@@ -527,7 +527,7 @@ def test_a_sharded_files_statistics_are_its_shards_merged_and_no_stats_gathers_n
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "big.csv").write_bytes(data)
     (tmp_path / "in" / "small.csv").write_bytes(csv_bytes(make_frame(10)))
-    opts = options(tmp_path, model, shard_size=len(data) // 4 + 1)
+    opts = replace(options(tmp_path, model, shard_size=len(data) // 4 + 1), stats=True)
     _, batch = dispatch(redis, str(tmp_path / "in"), opts)
     work(redis, reverse=True)
     # Then the batch holds one entry a file, the big one its shards' merged: every row once

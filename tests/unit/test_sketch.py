@@ -163,7 +163,7 @@ def test_payload_stats_option():
         "encoding": "utf-8",
         "batch": "b",
     }
-    assert validate({**base, "stats": False})["stats"] is False
+    assert validate({**base, "stats": True})["stats"] is True
     assert "stats" not in validate(dict(base))
     with pytest.raises(Exception, match="stats"):
         validate({**base, "stats": "no"})
