@@ -32,7 +32,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,8 +50,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.ensemble import RandomForestClassifier
 
 from bench.bench import FEATURES, make_data
-from bench.common import machine, private_redis, wall_time, write_section
-from worker.models import sha256_file
+from bench.common import free_port, machine, private_redis, wall_time, write_section
+from velosiped.models import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -112,12 +111,6 @@ class Snapshot:
     load_seconds: float = 0.0
     per_process: dict[int, int] = field(default_factory=dict)
     batch_s: float = 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Worker:

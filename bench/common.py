@@ -98,14 +98,19 @@ def write_section(title: str, lines: list[str], path: Path = DOC) -> None:
     path.write_text(text.rstrip() + "\n")
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
     """A redis-server of our own on a free loopback port, without persistence; yields its URL."""
     if not shutil.which("redis-server"):
         raise SystemExit("bench: needs redis-server (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as d:
         server = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", d],

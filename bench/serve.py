@@ -37,19 +37,11 @@ import numpy as np
 import pandas as pd
 
 from bench.bench import FEATURES, fit_model
-from bench.common import machine, write_section
+from bench.common import free_port, machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CASES = (("1 row, 1 connection", 1, 1), ("1 row, 8 connections", 1, 8), ("100 rows, 8 connections", 100, 8))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

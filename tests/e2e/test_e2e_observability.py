@@ -9,17 +9,20 @@ import socket
 import urllib.request
 
 import pytest
-from helpers import assert_clean_error, csv_bytes, dump_model, fit_model, make_frame, parse_dispatch, wait_until
+from helpers import (
+    assert_clean_error,
+    csv_bytes,
+    dump_model,
+    fit_model,
+    free_port,
+    make_frame,
+    parse_dispatch,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
 PER_FILE_FIELDS = {"batch", "file", "job_id", "rows", "seconds"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape(port: int) -> str:

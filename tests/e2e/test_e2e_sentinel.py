@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from helpers import (
     assert_clean_error,
     batch_status,
     find_dispatch_line,
+    free_port,
     is_sidecar,
     slow_frame,
     wait_until,
@@ -36,16 +36,6 @@ pytestmark = pytest.mark.e2e
 
 RedisServer = Any
 """conftest's RedisServer (a primary, a replica); not imported: `conftest` names another module under tests/unit."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (never the shared Redis's 6379), as conftest's."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != 6379:
-            return port
 
 
 SERVICE = "mymaster"

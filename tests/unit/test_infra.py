@@ -10,6 +10,7 @@ KEDA trigger watches the Redis keys RQ really uses for the worker's queue.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import json
 import re
 import shlex
@@ -627,3 +628,13 @@ def test_operations_doc_settings_table_matches_the_code() -> None:
     assert read <= documented, f"the code reads undocumented settings: {sorted(read - documented)}"
     for name in documented:
         assert_env_name_is_read(name, "docs/OPERATIONS.md settings table")
+
+
+RUN_APART = {"__init__", "serve_baseline", "spark_job"}
+"""Benchmark modules that run in their own process (a server, a Spark job), not imported."""
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in RUN_APART))
+def test_every_benchmark_imports(module: str) -> None:
+    # `make bench` runs rarely: a moved function must not break it unseen (bench.big_model did once)
+    importlib.import_module(f"bench.{module}")
