@@ -152,17 +152,20 @@ class Client:
             ConfigError: no such batch.
             TimeoutError: ``timeout`` seconds passed first.
         """
+        from rich.console import Console
+
+        from dispatcher import status
+
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            found = self.status(batch)
-            if found is None:
-                raise ConfigError(f"no batch {batch!r} in Redis")
-            left = found["total"] - found["done"] - found["failed"]
-            if found["finished"] or (found["lost"] and found["lost"] >= left):
-                return dict(found)
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"batch {batch}: {left} files without an outcome after {timeout} s")
-            time.sleep(poll)
+        in_time = lambda: deadline is None or time.monotonic() < deadline  # noqa: E731
+        # `velo dispatch --wait`'s own loop (lost files included), its progress bar unseen
+        found = status.wait(self.redis, batch, Console(quiet=True), poll=poll, alive=in_time)
+        if not found:
+            raise ConfigError(f"no batch {batch!r} in Redis")
+        left = found["total"] - found["done"] - found["failed"]
+        if not found["finished"] and not (found["lost"] and found["lost"] >= left):
+            raise TimeoutError(f"batch {batch}: {left} files without an outcome after {timeout} s")
+        return found
 
     def retry(self, batch: str) -> int:
         """Enqueue the batch's failed files (and files lost from the queue) again; how many."""
