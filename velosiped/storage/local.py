@@ -29,8 +29,9 @@ def matches(name: str, patterns: tuple[str, ...]) -> bool:
 _HOST = socket.gethostname()
 
 
-def _tmp_prefix(name: str) -> str:
-    return f".{name}.velo-"
+def _temp_prefix(name: str) -> str:
+    """How this process names its temporary output for ``name``; :data:`_TEMP` reads it back."""
+    return f".{name}.velo-{os.getpid()}@{_HOST}."
 
 
 _TEMP = re.compile(r"\..+\.velo-(\d+)@(.+)\.[^.]+\.tmp")
@@ -128,7 +129,7 @@ class LocalTransport:
     def write_atomic(self, uri: str, metadata: dict[str, str] | None = None) -> Iterator[IO[bytes]]:
         folder, name = os.path.split(uri)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(name) + f"{os.getpid()}@{_HOST}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(name), suffix=".tmp", dir=folder)
         try:
             with open(fd, "wb") as raw:
                 # The gzip header names the output, not the temporary file.
