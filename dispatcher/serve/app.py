@@ -63,8 +63,9 @@ def from_env() -> FastAPI:
     return create_app(ServeConfig(**json.loads(settings.SERVE_CONFIG.get())))
 
 
-def create_app(cfg: ServeConfig) -> FastAPI:
-    served = Served(cfg.model, cfg.model_sha256, cfg.model_poll)
+def create_app(cfg: ServeConfig, served: Served | None = None) -> FastAPI:
+    """The app; ``served``: its model, loaded already (else loaded at start-up)."""
+    served = served or Served(cfg.model, cfg.model_sha256, cfg.model_poll)
     metrics = Metrics()
     batcher = Batcher(cfg.batch_rows, cfg.batch_wait_ms / 1000, metrics.batch)
     token = settings.API_TOKEN.get()
@@ -86,7 +87,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        served.load()
+        if served.current is None:
+            served.load()
         poller = asyncio.create_task(served.poll_forever()) if cfg.model_poll > 0 else None
         yield
         if poller is not None:

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import asdict
 from typing import Any
 
-from dispatcher.serve.app import CONFIG_ENV, ServeConfig
+from dispatcher.serve.app import CONFIG_ENV, ServeConfig, create_app
 from dispatcher.serve.served import Served
 from velosiped import logs, settings
 from velosiped.connection import connect
@@ -45,8 +45,9 @@ def serve(cfg: ServeConfig, host: str, port: int, workers: int) -> None:
             f"--host {host} is reachable from other machines: set VELO_API_TOKEN first "
             "(dispatch and retry then want Authorization: Bearer), or bind 127.0.0.1"
         )
+    served = Served(cfg.model, cfg.model_sha256, cfg.model_poll)
     try:  # here, once: a model that does not load is one line now, not a traceback per worker
-        Served(cfg.model, cfg.model_sha256, 0).load()
+        served.load()
     except InputError as e:
         raise ConfigError(str(e)) from e
     if cfg.redis_url is not None:
@@ -58,17 +59,19 @@ def serve(cfg: ServeConfig, host: str, port: int, workers: int) -> None:
         made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="velo-serve-metrics-")
     import uvicorn
 
+    # One process serves the model loaded above (hashed and unpickled once); several each load it
+    app = create_app(cfg, served) if workers == 1 else "dispatcher.serve.app:from_env"
     try:
-        _run(uvicorn, host, port, workers)
+        _run(uvicorn, app, host, port, workers)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)
 
 
-def _run(uvicorn: Any, host: str, port: int, workers: int) -> None:
+def _run(uvicorn: Any, app: Any, host: str, port: int, workers: int) -> None:
     uvicorn.run(
-        "dispatcher.serve.app:from_env",
-        factory=True,
+        app,
+        factory=isinstance(app, str),
         host=host,
         port=port,
         workers=workers,
