@@ -31,11 +31,12 @@ from velosiped.connection import connect
 from velosiped.errors import ConfigError, InputError, VeloError, redact
 from velosiped.frames import classes_of, kept_columns
 
-__all__ = ["CONFIG_ENV", "ServeConfig", "create_app", "from_env"]
+__all__ = ["CONFIG_ENV", "MODEL_HEADER", "ServeConfig", "create_app", "from_env"]
 
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = settings.SERVE_CONFIG.env
+MODEL_HEADER = "X-Velo-Model-Sha256"
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -187,7 +188,9 @@ def create_app(cfg: ServeConfig, served: Served | None = None) -> FastAPI:
             prediction, probabilities = np.empty(0), (np.empty((0, len(classes))) if classes else None)
         names = [*kept, "prediction", *(f"proba_{c}" for c in classes)]
         content, media = parsed.answer(kept, prediction, probabilities, names, request.headers.get("accept", ""))
-        return Response(content, media_type=media)
+        # Each process of `--workers N` polls the model on its own: the header says which version
+        # answered, so a client can tell during the few seconds a new version rolls out.
+        return Response(content, media_type=media, headers={MODEL_HEADER: current.sha256})
 
     @app.get("/metrics")
     def metrics_page() -> Response:

@@ -23,6 +23,8 @@ from helpers import (
     wait_until,
 )
 
+from velosiped.models import sha256_file
+
 pytestmark = pytest.mark.e2e
 
 
@@ -84,9 +86,21 @@ def test_predict_over_http_equals_the_model_and_a_new_model_is_picked_up(start_v
     # When the model file is replaced, the server serves the new one without a restart
     other = fit_model("multiclass")
     dump_model(other, path)
-    wait_until(lambda: json.loads(http(base + "/info")[1])["classes"] == ["a", "b", "c"], 30, message="the new model")
-    answer = post_json(base + "/predict", frame.to_dict(orient="records"))[1]
+    # (each of the two processes polls on its own; the answer's header names the version that made it)
+    new_sha = sha256_file(path)
+    records_body = json.dumps(frame.to_dict(orient="records")).encode()
+
+    def answered_by_new_model() -> bytes | None:
+        request = urllib.request.Request(
+            base + "/predict", data=records_body, headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.read() if answer.headers["X-Velo-Model-Sha256"] == new_sha else None
+
+    wait_until(lambda: all(answered_by_new_model() for _ in range(8)), 30, message="the new model in both processes")
+    answer = json.loads(answered_by_new_model() or b"null")
     assert [r["prediction"] for r in answer] == list(other.predict(frame[["f0", "f1", "f2", "f3"]]))
+    assert json.loads(http(base + "/info")[1])["classes"] == ["a", "b", "c"]
     # And errors are one line with their status, never a traceback
     status, body = post_json(base + "/predict", [{"f0": 1}])
     assert status == 422 and "missing feature columns" in body["error"]
