@@ -125,14 +125,37 @@ def _host_port(item: str) -> tuple[str, int]:
 
 
 class _SentinelConnection(SentinelManagedConnection):
-    """redis-py's connection to the primary a sentinel names, dropped when a read is cut short.
+    """redis-py's connection to the primary a sentinel names, dropped when a read is cut short,
+    and asking the sentinels again at every reconnection.
 
     A plain ``Connection`` disconnects when a read fails or is interrupted (``disconnect_on_error``
     defaults to True); redis-py's sentinel connection defaults to False and keeps the socket with
     the reply still pending. RQ stops a worker by raising from its signal handler, often inside
     BLPOP: the next command on that connection (the worker's goodbye, a MULTI/EXEC) then read the
     BLPOP's late reply and failed ("Wrong number of response items from pipeline execution").
+
+    redis-py 8 asks the sentinels only in ``connect()``; a command's retry reconnects the same
+    connection through ``connect_check_health``, to the address of the primary it last knew
+    (redis/redis-py#3874). After a failover a worker's heartbeat then knocked on the dead primary
+    until its retries ran out and the worker died holding a file.
     """
+
+    _resolving = False
+    """Inside ``connect_to``: the address was just given by the sentinels."""
+
+    def connect_to(self, address: Any) -> None:
+        self._resolving = True
+        try:
+            super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._resolving = False
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self._sock and not self._resolving:
+            # Once, through the sentinels: the command's own retry repeats it, so no nested retries
+            self._connect_retry()  # type: ignore[no-untyped-call]
+            return
+        super().connect_check_health(check_health, retry_socket_connect)
 
     def read_response(
         self,

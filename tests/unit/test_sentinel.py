@@ -131,3 +131,22 @@ def test_a_read_cut_short_drops_the_connection(monkeypatch):
     # Then the connection is dropped, not handed back with the reply still on its way (redis-py's
     # sentinel connection keeps it by default: the next command would read that reply as its own)
     assert dropped
+
+
+def test_a_reconnection_asks_the_sentinels_not_the_last_primary(monkeypatch):
+    # Given a connection of a Sentinel client that knew the primary at old:1 before it died
+    conn = redis_client(URL).connection_pool.make_connection()
+    conn.host, conn.port = "old", 1
+    monkeypatch.setattr(conn.connection_pool, "get_master_address", lambda: ("new", 2))
+    reached = []
+
+    def connect(self):
+        reached.append((self.host, self.port))
+        return object()
+
+    monkeypatch.setattr(type(conn), "_connect", connect)
+    monkeypatch.setattr(type(conn), "on_connect_check_health", lambda self, check_health=True: None)
+    # When a command's retry reconnects it (redis-py's send_packed_command: connect_check_health)
+    conn.connect_check_health(check_health=False)
+    # Then it asked the sentinels and went to the primary they name now, not to the one it knew
+    assert reached == [("new", 2)]
