@@ -553,7 +553,7 @@ def report(
     )
 
 
-@cli.command(epilog=HELP_EPILOG)
+@cli.command()
 @click.argument("data")
 @click.option("--model", required=True, help="Path or s3:// URI of a joblib model.")
 @click.option("-o", "--output", "output", required=True, metavar="URI", help=profile_output_help)
@@ -575,7 +575,12 @@ def profile(
 ) -> int:
     """Read every file under DATA (a folder, file or s3:// prefix), score it with the model, and write
     the statistics workers gather while scoring (every feature, the prediction) as a JSON profile:
-    the reference of `velo report BATCH --reference-profile URI`. Streamed: memory stays flat."""
+    the reference of `velo report BATCH --reference-profile URI`. Streamed: memory stays flat.
+
+    \b
+    Example:
+      velo profile train/ --model model.joblib -o s3://bucket/profiles/model.json
+    """
     from dispatcher import profile as profile_mod
     from dispatcher.options import _columns, _encoding, _separator
 
