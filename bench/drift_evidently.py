@@ -194,7 +194,7 @@ def main() -> None:
         + ". `velo report` of the shifted batch against the 200,000 rows' profile flags "
         + f"{_cols(velo['profile']['drifted'])}.",
     ]
-    write_section("Drift report against Evidently", text)
+    write_section("Drift report against Evidently", [*text, "", wall_time()])
     print(wall_time())
     if not (agree and expected):
         raise SystemExit(
@@ -253,7 +253,7 @@ def lines(
         f"Evidently judged `{SHIFTED}` by {e['method']} ({float(e['score']):.3f} against 0.1); `velo report` "
         f"by its rule (PSI >= 0.1, or KS >= 0.1 beyond chance): "
         + ", ".join(f"`{k}` PSI {p:.3f}, KS {k_:.3f}" for k, (p, k_) in v["top"].items())
-        + f". The prediction drifted too by `velo report`: {'yes' if v['prediction'] else 'no'} "
+        + f". The prediction, by `velo report`: {'drift' if v['prediction'] else 'no drift'} "
         "(Evidently was given the features only). " + verdict,
     ]
 
