@@ -201,7 +201,8 @@ def create_app(cfg: ServeConfig, served: Served | None = None) -> FastAPI:
 
     @app.get("/metrics")
     def metrics_page() -> Response:
-        """Prometheus metrics: request latency by route and status, rows predicted, batch sizes."""
+        """Prometheus metrics: request latency by route and status, rows predicted, batch sizes; with
+        Redis, the drift gauges of recent finished batches (dispatcher.serve.drift)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
