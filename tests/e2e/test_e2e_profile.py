@@ -95,3 +95,10 @@ def test_profile_reads_and_writes_s3(s3, velo, tmp_path):
     local = Path(tmp_path / "p.json")
     velo("profile", s3.uri("train/a.csv"), "--model", path, "-o", local, check=0)
     assert Stats.from_json(local.read_bytes()).rows == 300
+    # A batch scored later is reported against the profile on S3
+    write_csv(tmp_path / "new" / "x.csv", make_frame(400, seed=3))
+    run = velo("run", tmp_path / "new", "--model", path, "--stats", "--workers", "1", check=0)
+    batch = find_dispatch_line(run.stdout)[0]
+    shown = velo("report", batch, "--reference-profile", s3.uri("profiles/p.json"), "--json", check=0)
+    r = json.loads(shown.stdout)
+    assert r["reference"] == s3.uri("profiles/p.json") and r["reference_rows"] == 500 and r["rows"] == 400
