@@ -48,7 +48,7 @@ $(VENV)/.bench: $(BIN)/velo pyproject.toml
 	@touch $@
 
 .PHONY: bench
-bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk), about 16 min on 2 cores from a fresh clone (FULL=1: every case); results in docs/BENCHMARKS.md
+bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk; bench.drift_evidently makes its own venv with Evidently), about 22 min on 2 cores from a fresh clone (FULL=1: every case); results in docs/BENCHMARKS.md
 	@start=$$(date +%s); set -e; \
 	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
 	            "bench.dispatch_scale --files 50000 --reps 3 --million" \
@@ -57,7 +57,8 @@ bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk
 	            "bench.memory --size-gb 5 --s3-gb $(if $(FULL),1 --full,0.5)" \
 	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)" \
 	            "bench.serve --reps 3 --seconds 10" \
-	            "bench.stats_overhead"; do \
+	            "bench.stats_overhead" \
+	            "bench.drift_evidently"; do \
 	  echo "$(BIN)/python -m $$step"; s=$$(date +%s); \
 	  $(BIN)/python -m $$step; \
 	  echo "make bench: $$step: $$(( $$(date +%s) - s )) s"; \

@@ -31,7 +31,15 @@ from dispatcher.enqueue import (
     retry_failed,
 )
 from dispatcher.lost import remedy
-from dispatcher.options import dispatch_options, make_options, parse_size, redis_option, serve_options
+from dispatcher.options import (
+    dispatch_options,
+    features_help,
+    make_options,
+    parse_size,
+    pattern_help,
+    redis_option,
+    serve_options,
+)
 from dispatcher.plan import Options, plan
 from dispatcher.terminal import Interrupted, console, end, err_console, handle_errors
 from velosiped import logs, settings, storage
@@ -73,6 +81,8 @@ status_interval_help = "Seconds between refreshes of --watch."
 reference_help = "Compare with this batch (e.g. the inputs the model was validated on)."
 html_help = "Also write the report as one self-contained HTML file."
 threshold_help = "PSI at or above which a feature drifts (KS >= 0.1 beyond chance drifts it too)."
+reference_profile_help = "Compare with this profile (`velo profile`'s JSON; a local path or s3:// URI)."
+profile_output_help = "Where to write the profile: a local path or s3:// URI (written whole)."
 
 
 def open_redis(url: str | None, *, embedded_ok: bool) -> tuple[redis.Redis, str]:
@@ -502,6 +512,7 @@ def retry(batch: str, redis_url: str | None, queue: str) -> int:
 @cli.command()
 @click.argument("batch")
 @click.option("--reference", default=None, metavar="BATCH", help=reference_help)
+@click.option("--reference-profile", default=None, metavar="URI", help=reference_profile_help)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False), help=html_help)
 @click.option(
@@ -513,6 +524,7 @@ def retry(batch: str, redis_url: str | None, queue: str) -> int:
 def report(
     batch: str,
     reference: str | None,
+    reference_profile: str | None,
     as_json: bool,
     html_path: str | None,
     threshold: float,
@@ -521,20 +533,76 @@ def report(
     queue: str,
 ) -> int:
     """The statistics workers gathered while scoring BATCH (features, prediction), and with
-    --reference their drift from another batch: PSI, KS, nulls, values outside its range."""
+    --reference their drift from another batch (or with --reference-profile from a profile made by
+    `velo profile`): PSI, KS, nulls, values outside its range."""
     from dispatcher.report import report as make_report
 
+    if reference and reference_profile:
+        raise ConfigError("--reference and --reference-profile are exclusive; give one reference, a batch or a profile")
     conn, _ = open_redis(redis_url, embedded_ok=True)
     return make_report(
         conn,
         batch,
         reference,
+        reference_profile=reference_profile,
         as_json=as_json,
         html_path=html_path,
         threshold=threshold,
         fail_on_drift=fail_on_drift,
         console=console,
     )
+
+
+@cli.command()
+@click.argument("data")
+@click.option("--model", required=True, help="Path or s3:// URI of a joblib model.")
+@click.option("-o", "--output", "output", required=True, metavar="URI", help=profile_output_help)
+@click.option("--pattern", "patterns", multiple=True, help=pattern_help)
+@click.option("--features", default=None, help=features_help)
+@click.option("--sep", default=",", show_default=True, help="CSV delimiter ('\\t' for tabs).")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the CSV files.")
+@click.option("--model-sha256", default=None, help="Use the model only if its SHA-256 is this.")
+@handle_errors
+def profile(
+    data: str,
+    model: str,
+    output: str,
+    patterns: tuple[str, ...],
+    features: str | None,
+    sep: str,
+    encoding: str,
+    model_sha256: str | None,
+) -> int:
+    """Read every file under DATA (a folder, file or s3:// prefix), score it with the model, and write
+    the statistics workers gather while scoring (every feature, the prediction) as a JSON profile:
+    the reference of `velo report BATCH --reference-profile URI`. Streamed: memory stays flat.
+
+    \b
+    Example:
+      velo profile train/ --model model.joblib -o s3://bucket/profiles/model.json
+    """
+    from dispatcher import profile as profile_mod
+    from dispatcher.options import _columns, _encoding, _separator
+
+    started = time.perf_counter()
+    logging.getLogger("worker").setLevel(logging.WARNING)  # its model-load line: this command prints its own
+    stats = profile_mod.profile(
+        data,
+        model,
+        patterns=patterns,
+        features=_columns(features),
+        sep=_separator(sep),
+        encoding=_encoding(encoding),
+        model_sha256=model_sha256.lower().removeprefix("sha256:") if model_sha256 else None,
+        console=err_console,
+    )
+    where = profile_mod.write_profile(output, stats)
+    seconds = time.perf_counter() - started
+    click.echo(
+        f"profile {where}: {stats.rows:,} rows in {stats.files} file{'s' if stats.files != 1 else ''}, "
+        f"{len(stats.features)} features, {seconds:.1f} s"
+    )
+    return EXIT_OK
 
 
 @cli.command()
@@ -552,6 +620,7 @@ def serve(
     max_body: str,
     batch_rows: int,
     batch_wait_ms: float,
+    reference_profile: str | None,
     redis_url: str | None,
     queue: str,
 ) -> int:
@@ -570,6 +639,7 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         redis_url=redis_url,
         queue=queue,
+        reference_profile=storage.normalize(reference_profile) if reference_profile else None,
     )
     run_server(cfg, host, port, workers)
     return EXIT_OK

@@ -73,6 +73,7 @@ def serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--max-body", default="64MB", show_default=True, help=max_body_help),
             click.option("--batch-rows", type=int_from(1), default=1024, show_default=True, help=batch_rows_help),
             click.option("--batch-wait-ms", type=click.FloatRange(0), default=0.0, show_default=True, help=wait_help),
+            click.option("--reference-profile", default=None, metavar="URI", help=serve_profile_help),
         ]
     ):
         f = opt(f)
@@ -86,6 +87,10 @@ poll_help = "Seconds between looks for a new model version (0: never)."
 max_rows_help = "Rows one request may hold (more: 413)."
 max_body_help = "Bytes one request body may hold (more: 413)."
 batch_rows_help = "Rows the batcher gathers into one predict call at most."
+serve_profile_help = (
+    "The profile (`velo profile`) finished batches are judged against in their reports and drift "
+    "gauges (default: each batch's previous one on the same source and model)."
+)
 wait_help = "Milliseconds a request may wait for others to join its predict call (0: only those arrived together)."
 
 

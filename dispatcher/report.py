@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dispatcher.profile import load_profile
 from velosiped import keys
 from velosiped.errors import EXIT_FILES_FAILED, EXIT_OK, ConfigError
 from velosiped.sketch import Sketch, Stats, load_batch
@@ -175,12 +176,15 @@ def report(
     threshold: float,
     fail_on_drift: bool,
     console: Console,
+    reference_profile: str | None = None,
 ) -> int:
-    """`velo report`: print (and write) the report; EXIT_FILES_FAILED if it drifts and ``fail_on_drift``."""
+    """`velo report`: print (and write) the report; EXIT_FILES_FAILED if it drifts and ``fail_on_drift``.
+
+    The reference is a batch (``reference``) or a profile `velo profile` wrote (``reference_profile``)."""
     started = time.perf_counter()
     current = _load(redis, batch)
-    ref = _load(redis, reference) if reference else None
-    result = {"batch": batch, "reference": reference, **compare(current, ref, threshold)}
+    ref = _load(redis, reference) if reference else load_profile(reference_profile) if reference_profile else None
+    result = {"batch": batch, "reference": reference or reference_profile, **compare(current, ref, threshold)}
     result["seconds"] = round(time.perf_counter() - started, 4)
     if html_path:
         with open(html_path, "w", encoding="utf-8") as f:

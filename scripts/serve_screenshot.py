@@ -3,7 +3,8 @@
     .venv/bin/python scripts/serve_screenshot.py      # needs redis-server, chromium, chromium-driver
 
 In a scratch folder: the demo's model and data, plus one file without a feature column, a
-private redis-server, `velo serve` with it, one batch dispatched and scored by a worker; then
+private redis-server, `velo serve` with it, one batch dispatched (with --stats: its row links its drift
+report) and scored by a worker; then
 headless chromium takes the page once the batch shows finished.
 """
 
@@ -62,7 +63,9 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.2)
-        subprocess.run([BIN / "velo", "dispatch", data, "--model", model, "--redis", redis_url], env=env, check=True)
+        subprocess.run(
+            [BIN / "velo", "dispatch", data, "--model", model, "--redis", redis_url, "--stats"], env=env, check=True
+        )
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium") or "chromium"
         for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,700"):

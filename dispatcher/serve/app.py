@@ -24,6 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dispatcher.serve import bodies
 from dispatcher.serve.batcher import Batcher
 from dispatcher.serve.batches import router as batches_router
+from dispatcher.serve.drift import Drift, DriftCollector
+from dispatcher.serve.drift import router as drift_router
 from dispatcher.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from dispatcher.serve.served import Served
 from velosiped import settings
@@ -53,6 +55,7 @@ class ServeConfig:
     batch_wait_ms: float = 0.0
     redis_url: str | None = None
     queue: str = "velo"
+    reference_profile: str | None = None
 
 
 class TooLarge(Exception):
@@ -102,6 +105,10 @@ def create_app(cfg: ServeConfig, served: Served | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(batches_router(conn, cfg.queue, authorize))
+    drift = Drift(conn, cfg.reference_profile)
+    app.include_router(drift_router(drift))
+    if cfg.redis_url is not None:
+        metrics.add(DriftCollector(drift))
     app.mount("/static", StaticFiles(packages=[("dispatcher.serve", "page")]), name="static")
 
     @app.exception_handler(StarletteHTTPException)
@@ -194,7 +201,8 @@ def create_app(cfg: ServeConfig, served: Served | None = None) -> FastAPI:
 
     @app.get("/metrics")
     def metrics_page() -> Response:
-        """Prometheus metrics: request latency by route and status, rows predicted, batch sizes."""
+        """Prometheus metrics: request latency by route and status, rows predicted, batch sizes; with
+        Redis, the drift gauges of recent finished batches (dispatcher.serve.drift)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

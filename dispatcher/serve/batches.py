@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from dispatcher import status as status_mod
 from dispatcher.enqueue import dispatch_batch, retry_failed
 from dispatcher.options import make_options
-from velosiped import settings, storage
+from velosiped import keys, settings, storage
 from velosiped.access import check_path
 
 __all__ = ["DispatchRequest", "router"]
@@ -85,8 +85,11 @@ def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Req
     def batches(limit: int = 20) -> dict[str, Any]:
         """The newest batches first, as `velo status --json` prints them."""
         r = conn()
-        found = [status_mod.describe(r, b) for b in status_mod.batch_ids(r, limit)]
-        return {"batches": [b for b in found if b], "workers": status_mod.workers(r, queue)}
+        found = [b for b in (status_mod.describe(r, i) for i in status_mod.batch_ids(r, limit)) if b]
+        for b in found:  # its drift report's page, when it has statistics (dispatcher.serve.drift)
+            has_stats = b["done"] and r.exists(keys.batch_stats(b["id"]))
+            b["report"] = f"/v1/batches/{b['id']}/report.html" if has_stats else None
+        return {"batches": found, "workers": status_mod.workers(r, queue)}
 
     @api.get("/{batch_id}")
     def batch(batch_id: str) -> dict[str, Any]:

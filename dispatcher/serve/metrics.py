@@ -1,4 +1,5 @@
-"""`GET /metrics` of `velo serve`: request latency by route and status, rows predicted, batch sizes.
+"""`GET /metrics` of `velo serve`: request latency by route and status, rows predicted, batch sizes,
+and with Redis the drift gauges of recent batches (dispatcher.serve.drift).
 
 With ``--workers N`` every process counts its own requests; prometheus-client's multiprocess
 mode (``PROMETHEUS_MULTIPROC_DIR``, set by `velo serve`) adds them up on each scrape.
@@ -10,6 +11,7 @@ import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -20,6 +22,7 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.extra: list[Collector] = []
         self.latency = Histogram(
             "velo_http_request_seconds",
             "HTTP request latency, by route and status.",
@@ -43,9 +46,16 @@ class Metrics:
         self.batch_rows.observe(rows)
         self.batch_requests.observe(requests)
 
+    def add(self, collector: Collector) -> None:
+        """A collector read at each scrape (the drift gauges), in one process's answer alone."""
+        self.registry.register(collector)
+        self.extra.append(collector)
+
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            for collector in self.extra:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)

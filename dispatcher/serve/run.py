@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import asdict
 from typing import Any
 
+from dispatcher.profile import load_profile
 from dispatcher.serve.app import CONFIG_ENV, ServeConfig, create_app
 from dispatcher.serve.served import Served
 from velosiped import logs, settings
@@ -52,6 +53,10 @@ def serve(cfg: ServeConfig, host: str, port: int, workers: int) -> None:
         raise ConfigError(str(e)) from e
     if cfg.redis_url is not None:
         connect(cfg.redis_url)
+    if cfg.reference_profile is not None:  # one line now, not a broken report later
+        if cfg.redis_url is None:
+            raise ConfigError("--reference-profile judges batches: it needs --redis or REDIS_URL")
+        load_profile(cfg.reference_profile)
     logs.configure("text")
     os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
     made = None

@@ -16,11 +16,13 @@ from helpers import (
     csv_bytes,
     dump_model,
     expected_output,
+    find_dispatch_line,
     fit_model,
     free_port,
     make_frame,
     read_output,
     wait_until,
+    write_csv,
 )
 
 from velosiped.models import sha256_file
@@ -189,7 +191,7 @@ def test_the_page_shows_a_batch_go_from_queued_to_done_and_a_failed_files_reason
         (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(20, seed=i)))
     (data / "broken.csv").write_bytes(csv_bytes(make_frame(5).drop(columns="f1")))
     base, _ = start_server(start_velo, "--model", model_path, "--redis", clean_redis)
-    dispatched = velo("dispatch", data, "--model", model_path, "--redis", clean_redis)
+    dispatched = velo("dispatch", data, "--model", model_path, "--redis", clean_redis, "--stats")
     batch_id = dispatched.stdout.split("batch ", 1)[1].split(":", 1)[0]
     browser = _browser()
     from selenium.common.exceptions import StaleElementReferenceException
@@ -221,5 +223,79 @@ def test_the_page_shows_a_batch_go_from_queued_to_done_and_a_failed_files_reason
         selector = f'tr[data-batch="{batch_id}"]'
         row = wait_until(lambda: read(lambda: browser.find_element("css selector", selector).text), 20)
         assert "3/4" in row, row
+        # And its drift report opens from the batch's row (statistics were gathered: --stats)
+        page = browser.current_window_handle
+        link = wait_until(lambda: browser.find_elements("css selector", f"{selector} a.report"), 20)
+        assert wait_until(lambda: read(lambda: link[0].click() or True), 10)
+        wait_until(lambda: len(browser.window_handles) == 2, 10, message="the report in a new tab")
+        browser.switch_to.window(next(h for h in browser.window_handles if h != page))
+        heading = wait_until(lambda: browser.find_elements("css selector", "h1"), 20, message="the report page")
+        assert heading[0].text == f"Batch {batch_id}" and "60 rows in 3 files" in browser.page_source
+        assert browser.find_elements("css selector", "svg")  # its histograms, drawn inline
     finally:
         browser.quit()
+
+
+def _gauges(text: str, name: str) -> dict[tuple[str, ...], float]:
+    """Samples of one metric family: label values (in order) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        tuple(sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_drift_gauges_and_report_routes_judge_each_batch_by_its_reference(clean_redis, start_velo, velo, tmp_path):
+    # Given two batches of the same source and model, the second with f5 shifted by 0.3 sd,
+    # and a profile of the first's data
+    model_path = dump_model(fit_model(n_features=8), tmp_path / "m.joblib")
+    data = tmp_path / "in"
+    for i in range(2):
+        write_csv(data / f"{i}.csv", make_frame(8000, 8, seed=i))
+    velo("profile", data, "--model", model_path, "-o", tmp_path / "profile.json", check=0)
+    runs = []
+    for shift in (0.0, 0.3):
+        for i in range(2):
+            frame = make_frame(8000, 8, seed=10 * i + int(shift * 10) + 3)
+            frame["f5"] += shift
+            write_csv(data / f"{i}.csv", frame)
+        run = velo("run", data, "--model", model_path, "--redis", clean_redis, "--stats", "--workers", "1", check=0)
+        runs.append(find_dispatch_line(run.stdout)[0])
+    first, second = runs
+
+    # When velo serve watches that Redis, with no profile: a batch is judged against the previous one
+    base, server = start_server(start_velo, "--model", model_path, "--redis", clean_redis)
+    metrics = http(base + "/metrics")[1].decode()
+    flagged = _gauges(metrics, "velo_batch_drift_flagged")
+    assert flagged[(second, "f5")] == 1.0 and flagged[(second, "f0")] == 0.0
+    assert not any(batch == first for batch, _ in flagged)  # the first has no earlier batch: no gauges
+    assert _gauges(metrics, "velo_batch_drift_columns") == {(second,): 1.0}
+    scores = _gauges(metrics, "velo_batch_drift_score")
+    assert scores[(second, "f5", "ks")] > 0.1 > scores[(second, "f0", "ks")]
+    assert (second, "prediction", "psi") in scores
+    status, body = http(f"{base}/v1/batches/{second}/report")
+    report = json.loads(body)
+    assert status == 200 and report["reference"] == first and report["drifted"] == ["f5"], report
+    status, page = http(f"{base}/v1/batches/{second}/report.html")
+    assert status == 200 and b"DRIFT" in page and f"Batch {second} against reference {first}".encode() in page
+    assert json.loads(http(f"{base}/v1/batches/{first}/report")[1])["reference"] is None
+    status, body = http(f"{base}/v1/batches/nope/report")
+    assert status == 404 and "no batch 'nope'" in json.loads(body)["error"]
+    listing = json.loads(http(base + "/v1/batches")[1])["batches"]
+    assert {b["id"]: b["report"] for b in listing} == {b: f"/v1/batches/{b}/report.html" for b in runs}
+    server.stop()
+
+    # With --reference-profile, every batch is judged against the profile: the first one is calm
+    base, server = start_server(
+        start_velo, "--model", model_path, "--redis", clean_redis, "--reference-profile", tmp_path / "profile.json"
+    )
+    columns = _gauges(http(base + "/metrics")[1].decode(), "velo_batch_drift_columns")
+    assert columns == {(first,): 0.0, (second,): 1.0}, columns
+    assert json.loads(http(f"{base}/v1/batches/{first}/report")[1])["reference"].endswith("profile.json")
+    assert "Traceback" not in server.read_stderr()
+    # A profile that is not there is one line at start
+    missing = velo("serve", "--model", model_path, "--redis", clean_redis, "--reference-profile", tmp_path / "x.json")
+    assert missing.returncode == 2 and "no such profile" in missing.stderr

@@ -49,6 +49,7 @@ function drawBatches(batches) {
         el("td", { class: "num" }, b.rows.toLocaleString()),
         el("td", { class: "num" }, Math.round(b.rows_per_s).toLocaleString()),
         el("td", { class: "num" }, b.finished ? "–" : duration(b.eta_seconds)),
+        el("td", {}, b.report ? el("a", { class: "report", href: b.report, target: "_blank" }, "report") : "–"),
       ),
     ),
   );
