@@ -16,7 +16,7 @@ from velosiped import storage
 from velosiped.errors import InputError
 from velosiped.jobs import FAILED_FOR_GOOD, PARTS_SUFFIX, error_uri, params_key
 
-__all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "output_for", "plan", "replan"]
+__all__ = ["DEFAULT_PATTERNS", "Options", "Planned", "is_output", "output_for", "plan", "replan"]
 
 DEFAULT_PATTERNS = ("*.csv", "*.csv.gz")
 """Input files picked when --pattern is not given."""
@@ -77,7 +77,8 @@ def output_for(source: str, uri: str, suffix: str, output_prefix: str | None) ->
     return storage.join(output_prefix, storage.relative(source, stem + suffix + ext))
 
 
-def _is_output(uri: str, suffix: str) -> bool:
+def is_output(uri: str, suffix: str) -> bool:
+    """Whether ``uri`` is named as an output of ``suffix`` (``a/1.out.csv`` for ``.out``)."""
     return _split_ext(uri)[0].endswith(suffix)
 
 
@@ -103,7 +104,7 @@ def plan(
         if known is not None and known(info):
             continue
         name = info.uri.rsplit("/", 1)[-1]
-        if not any(fnmatch.fnmatch(name, p) for p in opts.patterns) or _is_output(info.uri, opts.suffix):
+        if not any(fnmatch.fnmatch(name, p) for p in opts.patterns) or is_output(info.uri, opts.suffix):
             continue
         if out_prefix and info.uri.startswith(out_prefix):
             continue

@@ -19,7 +19,7 @@ from typing import IO, Any, cast
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dispatcher.plan import DEFAULT_PATTERNS
+from dispatcher.plan import DEFAULT_PATTERNS, is_output
 from velosiped import storage
 from velosiped.errors import ConfigError, InputError
 from velosiped.frames import one_line
@@ -31,9 +31,6 @@ __all__ = ["OUTPUT_SUFFIX", "inputs", "load_profile", "profile", "write_profile"
 
 OUTPUT_SUFFIX = ".out"
 """Files whose name ends so before their extension are outputs of a run, never profiled."""
-
-_EXTENSIONS = (".csv.gz", ".tsv.gz", ".txt.gz", ".csv", ".tsv", ".txt", ".parquet")
-
 
 _FIX = "fix the file, or leave it out (--pattern, another DATA): a profile reads every file"
 
@@ -48,18 +45,12 @@ class _Discard(io.RawIOBase):
         return len(memoryview(b))
 
 
-def _is_output(uri: str) -> bool:
-    name = uri.rsplit("/", 1)[-1]
-    stem = next((name[: -len(e)] for e in _EXTENSIONS if name.endswith(e)), name.rpartition(".")[0] or name)
-    return stem.endswith(OUTPUT_SUFFIX)
-
-
 def inputs(source: str, patterns: Sequence[str]) -> list[storage.ObjectInfo]:
     """The files under ``source`` a profile reads: matching ``patterns``, outputs and parts left out."""
     found = []
     for info in storage.list_files(source, ("*",)):
         name = info.uri.rsplit("/", 1)[-1]
-        if not any(fnmatch.fnmatch(name, p) for p in patterns) or _is_output(info.uri):
+        if not any(fnmatch.fnmatch(name, p) for p in patterns) or is_output(info.uri, OUTPUT_SUFFIX):
             continue
         if PARTS_SUFFIX + "/" in info.uri:
             continue
