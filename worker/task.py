@@ -308,23 +308,35 @@ def _fields(p: Payload, job: Job, started: float, **more: Any) -> dict[str, Any]
 
 def _drop_outdated_output(p: Payload) -> None:
     """The input as it is now failed: an output Velosiped made from an older version of it goes, so
-    no reader takes it for the current one (whole or absent holds for the current version)."""
+    no reader takes it for the current one (whole or absent holds for the current version); the
+    challenger's (``--shadow``) too."""
     try:  # a refused input or output is not even looked at
         check_path(p["input"])
         check_output(p["output"])
     except ConfigError:
         return
-    made = storage.read_lineage(p["output"]) or {}
+    _drop_if_older(p, p["output"])
+    shadow = p.get("shadow_output")
+    if shadow:
+        try:
+            check_output(shadow)
+        except ConfigError:
+            return
+        _drop_if_older(p, shadow)
+
+
+def _drop_if_older(p: Payload, output: str) -> None:
+    made = storage.read_lineage(output) or {}
     old = made.get("velo-input-version")
     if old is None or old == p["input_version"]:
         return  # not ours, or made from this very version (a late failure of a done file)
     now = storage.head(p["input"])
     if now is None or now.version != p["input_version"]:
         return  # the input changed again since: this failure says nothing of its current version
-    storage.delete(p["output"])
-    if not storage.is_s3(p["output"]):  # its lineage sidecar goes with it
-        storage.delete(p["output"] + storage.LINEAGE_SUFFIX)
-    log.warning("%s: its output, made from an older version, is removed", p["input"])
+    storage.delete(output)
+    if not storage.is_s3(output):  # its lineage sidecar goes with it
+        storage.delete(output + storage.LINEAGE_SUFFIX)
+    log.warning("%s: its output %s, made from an older version, is removed", p["input"], output)
 
 
 def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:

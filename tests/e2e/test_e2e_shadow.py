@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,35 @@ def test_dispatch_and_worker_on_s3(s3, clean_redis, velo, tmp_path):
     velo("worker", "--burst", "--redis", clean_redis, check=0)
     again = read_output(s3.get("shadow/b/c.out.csv"))
     assert_output_matches(again, expected_output(data["b/c.csv"], challenger, proba=True))
+
+
+def test_watch_with_a_challenger(s3, clean_redis, velo, start_velo, tmp_path):
+    champion, challenger = fit_model(), challenger_model()
+    m1, m2 = dump_model(champion, tmp_path / "m1.joblib"), dump_model(challenger, tmp_path / "m2.joblib")
+    worker = start_velo("worker", "--redis", clean_redis)
+    watcher = start_velo(
+        "watch", s3.uri("in/"), "--model", m1, "--shadow", m2, "--shadow-output", s3.uri("shadow/"),
+        "--interval", "0.5", "--redis", clean_redis,
+    )  # fmt: skip
+    frame = make_frame(300, seed=5)
+    s3.put("in/w.csv", csv_bytes(frame))
+    deadline = time.monotonic() + 60
+    while not (s3.exists("in/w.out.csv") and s3.exists("shadow/w.out.csv")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    watcher.stop()
+    worker.stop()
+    assert_output_matches(read_output(s3.get("in/w.out.csv")), expected_output(frame, champion))
+    assert_output_matches(read_output(s3.get("shadow/w.out.csv")), expected_output(frame, challenger))
+
+
+def test_a_newer_input_that_fails_removes_both_older_outputs(velo, tmp_path):
+    m1 = dump_model(fit_model(), tmp_path / "m1.joblib")
+    m2 = dump_model(challenger_model(), tmp_path / "m2.joblib")
+    write_csv(tmp_path / "in" / "x.csv", make_frame(100))
+    args = ["run", tmp_path / "in", "--model", m1, "--shadow", m2, "--shadow-output", tmp_path / "sh"]
+    velo(*args, check=0)
+    assert (tmp_path / "in" / "x.out.csv").exists() and (tmp_path / "sh" / "x.out.csv").exists()
+    (tmp_path / "in" / "x.csv").write_text("id,f0\n1,2\n")  # a newer version, without the features
+    velo(*args, check=1)
+    assert not (tmp_path / "in" / "x.out.csv").exists() and not (tmp_path / "sh" / "x.out.csv").exists()
+    assert not (tmp_path / "sh" / "x.out.csv.velo.json").exists()
