@@ -41,7 +41,7 @@ class Picky:
 
 def shadow_options(tmp_path, challenger) -> tuple[str, Options]:
     data = tmp_path / "in"
-    data.mkdir()
+    data.mkdir(parents=True)
     (data / "x.csv").write_bytes(csv_bytes(make_frame(5000, seed=3)))
     m1 = str(dump_model(fit_model(), tmp_path / "m1.joblib"))
     m2 = str(dump_model(challenger, tmp_path / "m2.joblib"))
@@ -87,3 +87,37 @@ def test_a_challenger_rejecting_a_block_mid_file_keeps_the_champion(redis, tmp_p
     assert "challenger rejected rows" in error["error"] and not error["error"].split("rows ")[1].startswith("1-")
     # The same challenger, the same input: not tried again
     assert [p.reason for p in plan(source, opts)] == ["already done"]
+
+
+def test_the_python_api_takes_the_shadow_options(tmp_path):
+    from velosiped.api import _options
+
+    source, opts = shadow_options(tmp_path, fit_model())
+    given = _options(source, opts.model, {"shadow": opts.shadow, "shadow_output": opts.shadow_output})
+    assert (given.shadow, given.shadow_version, given.shadow_output) == (
+        opts.shadow,
+        opts.shadow_version,
+        opts.shadow_output,
+    )
+    assert given.shard_size == 0  # a file scored by two models is scored whole
+
+
+def test_the_batch_api_checks_the_challenger_s_paths(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from dispatcher.serve.app import ServeConfig, create_app
+
+    monkeypatch.delenv("VELO_API_TOKEN", raising=False)
+    allowed = tmp_path / "allowed"
+    source, opts = shadow_options(allowed, fit_model())
+    monkeypatch.setenv("VELO_ALLOWED_PREFIXES", str(allowed))
+    outside = tmp_path / "elsewhere"
+    with TestClient(create_app(ServeConfig(model=opts.model)), raise_server_exceptions=False) as c:
+        body = {
+            "source": source,
+            "model": opts.model,
+            "options": {"shadow": opts.shadow, "shadow_output": str(outside)},
+        }
+        refused = c.post("/v1/batches", json=body)
+        assert refused.status_code == 400 and "outside VELO_ALLOWED_PREFIXES" in refused.json()["error"]
+        assert str(outside) in refused.json()["error"]
