@@ -109,13 +109,17 @@ class Challenger:
         except InputError as e:
             self._fail(str(e))
             return
-        self._out.write(assemble(batch, self.kept, theirs, their_proba, self.names))
+        try:  # what the challenger's answers make (a table, a comparison) is its own trouble too
+            self._out.write(assemble(batch, self.kept, theirs, their_proba, self.names))
+            p1, p2 = None, None
+            if self.same_classes:
+                p1 = probabilities if probabilities is not None else _proba(self.champion, x)
+                p2 = their_proba if their_proba is not None else _proba(self.model, x_own)
+            self.comparison.update(own, prediction, theirs, labels=self.labels, champion_proba=p1, challenger_proba=p2)
+        except (pa.ArrowException, ValueError, TypeError) as e:  # storage trouble is not caught: the file is retried
+            self._fail(f"{name}: challenger's rows {rows + 1}-{rows + batch.num_rows}: {one_line(e)}")
+            return
         self.rows += batch.num_rows
-        p1, p2 = None, None
-        if self.same_classes:
-            p1 = probabilities if probabilities is not None else _proba(self.champion, x)
-            p2 = their_proba if their_proba is not None else _proba(self.model, x_own)
-        self.comparison.update(own, prediction, theirs, labels=self.labels, champion_proba=p1, challenger_proba=p2)
 
     def finish(self, close: Callable[[Any, Any, list[str], list[Any], list[str]], None]) -> None:
         """After the last block: ``close(writer, model, kept, classes, names)`` closes its output as
