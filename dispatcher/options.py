@@ -47,7 +47,7 @@ stats_help = (
 shadow_help = (
     "A challenger model (path or s3:// URI) scored on the same read as --model, block by block; its "
     "outputs go under --shadow-output, the champion's stay as they are. Files are then scored whole "
-    "(no shards). Implies gathering the champion-vs-challenger statistics `velo report` shows."
+    "(no shards: the default --shard-size is set aside, another refused). Implies gathering the champion-vs-challenger statistics `velo report` shows."
 )
 shadow_output_help = (
     "Where the challenger's outputs go, keeping relative paths (required with --shadow; outside SOURCE "
@@ -154,6 +154,11 @@ def make_options(
     version = version_of(model)
     model_sha256 = _pin(model, version, model_sha256, "--model-sha256")
     challenger = _challenger(source, output, shadow, shadow_output, shadow_sha256)
+    if challenger and shard_size != settings.SHARD_SIZE.default and parse_size(shard_size):
+        raise ConfigError(
+            f"--shadow scores each file whole (a challenger's output is not assembled from shards), but "
+            f"--shard-size {shard_size} would split big files; use --shard-size 0"
+        )
     return Options(
         model=model,
         model_version=version,

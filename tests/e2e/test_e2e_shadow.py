@@ -172,6 +172,7 @@ def test_shadow_options_are_checked(velo, tmp_path):
         (["--shadow", m1, "--shadow-output", tmp_path / "o", "--output", tmp_path / "o"], "overlaps --output"),
         (["--shadow", tmp_path / "nope.joblib", "--shadow-output", tmp_path / "sh"], "check --shadow"),
         (["--shadow", m1, "--shadow-output", tmp_path / "sh", "--shadow-sha256", "ab" * 32], "--shadow-sha256"),
+        (["--shadow", m1, "--shadow-output", tmp_path / "sh", "--shard-size", "256MB"], "use --shard-size 0"),
     ]
     for extra, message in cases:
         result = velo("run", src, "--model", m1, *extra, check=2)
