@@ -47,7 +47,8 @@ stats_help = (
 shadow_help = (
     "A challenger model (path or s3:// URI) scored on the same read as --model, block by block; its "
     "outputs go under --shadow-output, the champion's stay as they are. Files are then scored whole "
-    "(no shards: the default --shard-size is set aside, another refused). Implies gathering the champion-vs-challenger statistics `velo report` shows."
+    "(no shards: the default --shard-size is set aside, another refused). Implies gathering the "
+    "champion-vs-challenger statistics `velo report` shows."
 )
 shadow_output_help = (
     "Where the challenger's outputs go, keeping relative paths (required with --shadow; outside SOURCE "
