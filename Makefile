@@ -58,7 +58,8 @@ bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk
 	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)" \
 	            "bench.serve --reps 3 --seconds 10" \
 	            "bench.stats_overhead" \
-	            "bench.drift_evidently"; do \
+	            "bench.drift_evidently" \
+	            "bench.shadow"; do \
 	  echo "$(BIN)/python -m $$step"; s=$$(date +%s); \
 	  $(BIN)/python -m $$step; \
 	  echo "make bench: $$step: $$(( $$(date +%s) - s )) s"; \

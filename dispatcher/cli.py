@@ -269,6 +269,8 @@ def redis_and_model(redis_url: str | None, opts: Options, *, load_model: bool) -
             from worker import models
 
             models.load(opts.model, opts.model_version, opts.model_sha256)
+            if opts.shadow and opts.shadow_version:  # the challenger is checked, and loaded, alike
+                models.load(opts.shadow, opts.shadow_version, opts.shadow_sha256)
         return redis_ready.result()
 
 
@@ -341,6 +343,8 @@ def local_workers(url: str, opts: Options, queue: str, n: int, log_path: str, *,
     from worker.runner import fork_workers
 
     models.load(opts.model, opts.model_version, opts.model_sha256)
+    if opts.shadow and opts.shadow_version:
+        models.load(opts.shadow, opts.shadow_version, opts.shadow_sha256)
     procs = fork_workers(url, queue, n, log_path, s3=s3)
     try:
         yield procs

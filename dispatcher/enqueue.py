@@ -96,6 +96,11 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
     }
     if opts.stats:  # only then: the options of a batch without statistics are what they were before
         payload["stats"] = True
+    if opts.shadow and item.shadow_output:  # likewise: a batch without a challenger names none
+        payload["shadow"] = opts.shadow
+        payload["shadow_version"] = opts.shadow_version
+        payload["shadow_sha256"] = opts.shadow_sha256
+        payload["shadow_output"] = item.shadow_output
     return payload
 
 

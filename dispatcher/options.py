@@ -44,6 +44,16 @@ stats_help = (
     "Gather each file's feature and prediction statistics while scoring it, for `velo report` "
     "(off by default while it costs more than 3% of scoring throughput)."
 )
+shadow_help = (
+    "A challenger model (path or s3:// URI) scored on the same read as --model, block by block; its "
+    "outputs go under --shadow-output, the champion's stay as they are. Files are then scored whole "
+    "(no shards: the default --shard-size is set aside, another refused). Implies gathering the "
+    "champion-vs-challenger statistics `velo report` shows."
+)
+shadow_output_help = (
+    "Where the challenger's outputs go, keeping relative paths (required with --shadow; outside SOURCE "
+    "and apart from --output)."
+)
 
 
 def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,6 +127,9 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--shard-size", envvar=SHARD_SIZE_ENV, default=settings.SHARD_SIZE.default, help=shard_size_help
             ),
             click.option("--stats/--no-stats", default=False, show_default=True, help=stats_help),
+            click.option("--shadow", default=None, help=shadow_help),
+            click.option("--shadow-output", default=None, help=shadow_output_help),
+            click.option("--shadow-sha256", default=None, help="Pin the challenger's SHA-256 digest."),
         ]
     ):
         f = opt(f)
@@ -138,14 +151,20 @@ def make_options(
     encoding: str,
     shard_size: str = "0",
     stats: bool = True,
+    shadow: str | None = None,
+    shadow_output: str | None = None,
+    shadow_sha256: str | None = None,
 ) -> Options:
     _check_outputs(source, storage.normalize(output) if output else None, suffix)
     model = storage.normalize(model)
     version = version_of(model)
-    if model_sha256:
-        model_sha256 = model_sha256.lower().removeprefix("sha256:")
-        if version.startswith("sha256:") and version != "sha256:" + model_sha256:
-            raise ConfigError(f"{model}: digest {version} does not match --model-sha256 {model_sha256}; check both")
+    model_sha256 = _pin(model, version, model_sha256, "--model-sha256")
+    challenger = _challenger(source, output, shadow, shadow_output, shadow_sha256)
+    if challenger and shard_size != settings.SHARD_SIZE.default and parse_size(shard_size):
+        raise ConfigError(
+            f"--shadow scores each file whole (a challenger's output is not assembled from shards), but "
+            f"--shard-size {shard_size} would split big files; use --shard-size 0"
+        )
     return Options(
         model=model,
         model_version=version,
@@ -159,12 +178,55 @@ def make_options(
         encoding=_encoding(encoding),
         force=force,
         model_sha256=model_sha256,
-        shard_size=parse_size(shard_size),
+        shard_size=0 if challenger else parse_size(shard_size),  # a file scored by two models is scored whole
         stats=stats,
+        **challenger,
     )
 
 
-def _check_outputs(source: str, output: str | None, suffix: str) -> None:
+def _pin(model: str, version: str, sha256: str | None, option: str) -> str | None:
+    """The digest a model is pinned to, checked against the one known at dispatch when there is one."""
+    if not sha256:
+        return None
+    sha256 = sha256.lower().removeprefix("sha256:")
+    if version.startswith("sha256:") and version != "sha256:" + sha256:
+        raise ConfigError(f"{model}: digest {version} does not match {option} {sha256}; check both")
+    return sha256
+
+
+def _challenger(
+    source: str, output: str | None, shadow: str | None, shadow_output: str | None, shadow_sha256: str | None
+) -> dict[str, Any]:
+    """The --shadow options, checked: {} without a challenger."""
+    if not shadow:
+        if shadow_output or shadow_sha256:
+            raise ConfigError("--shadow-output and --shadow-sha256 need --shadow MODEL2 (the challenger)")
+        return {}
+    if not shadow_output:
+        raise ConfigError("--shadow needs --shadow-output PREFIX: where the challenger's outputs go")
+    model = storage.normalize(shadow)
+    where = storage.normalize(shadow_output)
+    _check_outputs(source, where, ".out", option="--shadow-output")
+    if output:
+        a, b = storage.normalize(output).rstrip("/") + "/", where.rstrip("/") + "/"
+        if a.startswith(b) or b.startswith(a):
+            raise ConfigError(
+                f"--shadow-output {shadow_output}: overlaps --output {output}; "
+                "the challenger's outputs need a prefix of their own"
+            )
+    try:
+        version = version_of(model)
+    except ConfigError:
+        raise ConfigError(f"{model}: challenger model not found; check --shadow") from None
+    return {
+        "shadow": model,
+        "shadow_version": version,
+        "shadow_sha256": _pin(model, version, shadow_sha256, "--shadow-sha256"),
+        "shadow_output": where,
+    }
+
+
+def _check_outputs(source: str, output: str | None, suffix: str, option: str = "--output") -> None:
     """Refuse outputs the plan could not tell from inputs: it would skip every input, silently."""
     if not suffix:
         raise ConfigError("--suffix '': outputs would take their inputs' names; use a suffix, e.g. --suffix .out")
@@ -173,11 +235,11 @@ def _check_outputs(source: str, output: str | None, suffix: str) -> None:
     src, out = source.rstrip("/") + "/", output.rstrip("/") + "/"
     if src.startswith(out):  # the plan skips whatever is under --output: every input here
         raise ConfigError(
-            f"--output {output}: holds SOURCE {source}, so every input would be skipped; use a prefix outside SOURCE"
+            f"{option} {output}: holds SOURCE {source}, so every input would be skipped; use a prefix outside SOURCE"
         )
     if out.startswith(src):
         raise ConfigError(
-            f"--output {output}: inside SOURCE {source}, so outputs would be listed as inputs; "
+            f"{option} {output}: inside SOURCE {source}, so outputs would be listed as inputs; "
             "use a prefix outside SOURCE"
         )
 

@@ -44,6 +44,11 @@ class Options:
     """Plain CSVs above this many bytes are split into shards scored apart (0: never)."""
     stats: bool = False
     """Gather each file's statistics while scoring it, for `velo report` (``--stats``)."""
+    shadow: str | None = None
+    """A challenger model scored on the same read (``--shadow``); its outputs go under ``shadow_output``."""
+    shadow_version: str | None = None
+    shadow_sha256: str | None = None
+    shadow_output: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,20 @@ class Planned:
     reason: str
     shards: tuple[tuple[int, int], ...] = ()
     """Byte ranges scored as separate jobs; empty: the file is one job."""
+    shadow_output: str | None = None
+    """Where the challenger's output goes (``--shadow``)."""
 
     @property
     def enqueue(self) -> bool:
-        return self.reason in {"new", "input changed", "model changed", "options changed", "forced"}
+        return self.reason in {
+            "new",
+            "input changed",
+            "model changed",
+            "options changed",
+            "forced",
+            "challenger new",
+            "challenger changed",
+        }
 
 
 def _split_ext(name: str) -> tuple[str, str]:
@@ -100,6 +115,11 @@ def plan(
     if output is not None and start_after is None and (storage.is_s3(output) or os.path.isdir(output)):
         existing |= {i.uri for i in storage.list_files(output, ("*",))}
     out_prefix = opts.output.rstrip("/") + "/" if opts.output else None
+    shadow_prefix = opts.shadow_output.rstrip("/") + "/" if opts.shadow_output else None
+    if shadow_prefix is not None and start_after is None:
+        assert opts.shadow_output is not None
+        if storage.is_s3(opts.shadow_output) or os.path.isdir(opts.shadow_output):
+            existing |= {i.uri for i in storage.list_files(opts.shadow_output, ("*",))}
     for info in everything:
         if known is not None and known(info):
             continue
@@ -108,10 +128,13 @@ def plan(
             continue
         if out_prefix and info.uri.startswith(out_prefix):
             continue
+        if shadow_prefix and info.uri.startswith(shadow_prefix):
+            continue
         if PARTS_SUFFIX + "/" in info.uri:  # a big file's shard outputs waiting to be assembled
             continue
         output = output_for(source, info.uri, opts.suffix, opts.output)
-        item = Planned(info, output, _reason(info, output, existing, opts))
+        shadow = output_for(source, info.uri, opts.suffix, opts.shadow_output) if opts.shadow_output else None
+        item = Planned(info, output, _reason(info, output, existing, opts, shadow), shadow_output=shadow)
         yield replace(item, shards=_shards(info, opts)) if item.enqueue else item
 
 
@@ -120,8 +143,10 @@ def replan(item: Planned, opts: Options) -> Planned:
     info = storage.head(item.info.uri)
     if info is None:
         return replace(item, reason="gone")
-    existing = {uri for uri in (item.output, error_uri(item.output)) if storage.head(uri) is not None}
-    now = Planned(info, item.output, _reason(info, item.output, existing, opts))
+    shadow = item.shadow_output
+    looked = (item.output, error_uri(item.output)) + ((shadow, error_uri(shadow)) if shadow else ())
+    existing = {uri for uri in looked if storage.head(uri) is not None}
+    now = Planned(info, item.output, _reason(info, item.output, existing, opts, shadow), shadow_output=shadow)
     return replace(now, shards=_shards(info, opts)) if now.enqueue else now
 
 
@@ -133,10 +158,40 @@ def _shards(info: storage.ObjectInfo, opts: Options) -> tuple[tuple[int, int], .
         return ()
 
 
-def _reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Options) -> str:
+def _reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Options, shadow: str | None = None) -> str:
     if opts.force:
         return "forced"
     params = params_key(opts.keep, opts.proba, opts.features, opts.sep, opts.encoding)
+    champion = _champion_reason(info, output, existing, opts, params)
+    if champion != "already done" or shadow is None:
+        return champion
+    return _challenger_reason(info, shadow, existing, opts, params)
+
+
+def _challenger_reason(info: storage.ObjectInfo, shadow: str, existing: set[str], opts: Options, params: str) -> str:
+    """The champion's output is current: is the challenger's? (Its own lineage, or its own failure
+    on this very input, model and options, settles it.)"""
+    if shadow in existing:
+        made = storage.read_lineage(shadow) or {}
+        if (made.get("velo-input-version"), made.get("velo-model-version"), made.get("velo-params")) == (
+            info.version,
+            opts.shadow_version,
+            params,
+        ):
+            return "already done"
+        return "challenger changed"
+    if error_uri(shadow) in existing:
+        failed = storage.read_json(error_uri(shadow)) or {}
+        if (failed.get("input_version"), failed.get("model_version"), failed.get("params")) == (
+            info.version,
+            opts.shadow_version,
+            params,
+        ):
+            return "already done"
+    return "challenger new"
+
+
+def _champion_reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Options, params: str) -> str:
     if output in existing:
         made = storage.read_lineage(output) or {}
         if not made:

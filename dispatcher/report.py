@@ -11,6 +11,11 @@ A feature drifts when PSI >= ``threshold`` (default 0.1), or when KS >= ``KS_THR
 and KS is also beyond the two-sample critical value at alpha = 0.001 (so a small batch does not
 drift by chance). The prediction drifts by the same rule on its sketch, or, for class labels, when
 the PSI of the class shares is >= ``threshold``.
+
+A batch scored with ``--shadow`` adds "champion vs challenger" (velosiped.comparison): rows compared,
+agreement rate and the confusion of the two models' labels, mean and max |Δproba| (or |Δprediction|
+for regressors), and the features whose distribution on the rows where the labels differ is the
+furthest from all rows' (PSI, KS, as above), most different first.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from rich.table import Table
 
 from dispatcher.profile import load_profile
 from velosiped import keys
+from velosiped.comparison import Comparison
 from velosiped.errors import EXIT_FILES_FAILED, EXIT_OK, ConfigError
 from velosiped.sketch import Sketch, Stats, load_batch
 
@@ -42,6 +48,9 @@ KS_THRESHOLD = 0.1
 
 KS_ALPHA_C = 1.949
 """c(alpha) of the two-sample KS test at alpha = 0.001: sqrt(-ln(alpha / 2) / 2)."""
+
+TOP_FEATURES = 10
+"""Features shown where champion and challenger disagree, most different first."""
 
 BINS = 10
 FLOOR = 1e-4
@@ -140,8 +149,9 @@ def compare(current: Stats, reference: Stats | None, threshold: float = DEFAULT_
     drifted = [r["feature"] for r in features if r.get("drift")]
     if prediction.get("drift"):
         drifted.append("prediction")
+    shadow = {"challenger": challenger(current.comparison, threshold)} if current.comparison is not None else {}
     return {
-        "rows": current.rows,
+        "rows": current.rows or (current.comparison.rows if current.comparison is not None else 0),
         "files": current.files,
         "reference_rows": reference.rows if reference is not None else None,
         "reference_files": reference.files if reference is not None else None,
@@ -152,6 +162,44 @@ def compare(current: Stats, reference: Stats | None, threshold: float = DEFAULT_
         "drifted": drifted,
         "features": features,
         "prediction": prediction,
+        **shadow,
+    }
+
+
+def challenger(c: Comparison, threshold: float = DEFAULT_THRESHOLD, top: int = TOP_FEATURES) -> dict[str, Any]:
+    """Champion vs challenger, as one JSON-able object (see the module's text)."""
+    differing = []
+    for name, where in c.disagree.items():
+        everywhere = c.all.get(name)
+        if everywhere is None or not where.count:
+            continue
+        d = drift(where, everywhere, threshold)
+        differing.append(
+            {
+                "feature": name,
+                "psi": d["psi"],
+                "ks": d["ks"],
+                "mean_disagree": _num(where.mean),
+                "mean_all": _num(everywhere.mean),
+                "rows_disagree": where.count,
+            }
+        )
+    differing.sort(key=lambda r: (-(r["psi"] or 0.0), -(r["ks"] or 0.0)))
+    return {
+        "champion": c.champion,
+        "challenger": c.challenger,
+        "files": c.files,
+        "rows": c.rows,
+        "labels": c.labels,
+        "agree": c.agree if c.labels else None,
+        "agreement": c.agreement,
+        "confusion": {x: dict(sorted(row.items())) for x, row in sorted(c.confusion.items())},
+        "delta_of": "proba" if c.proba else ("prediction" if c.delta_rows else None),
+        "delta_mean": c.delta_mean,
+        "delta_max": c.delta_max if c.delta_rows else None,
+        "features": differing[:top],
+        "failed_files": c.failed_files,
+        "failed": c.failed,
     }
 
 
@@ -235,7 +283,10 @@ def render(r: dict[str, Any], console: Console) -> None:
                 "[bold red]DRIFT[/]" if f["drift"] else "ok",
             ]
         table.add_row(*cells)
-    console.print(table)
+    if r["features"] or "challenger" not in r:  # a batch with a challenger but without --stats: no features
+        console.print(table)
+    else:
+        console.print(escape(f"batch {r['batch']}: {r['rows']:,} rows in {_files(r['files'])}"))
     p = r["prediction"]
     if p.get("kind") == "classes":
         ref_shares = p.get("reference_shares", {})
@@ -251,6 +302,50 @@ def render(r: dict[str, Any], console: Console) -> None:
     if r["reference"]:
         verdict = f"drift in: {', '.join(r['drifted'])}" if r["drift"] else "no drift"
         console.print(f"{verdict} ({r['rule']})", markup=False)
+    if "challenger" in r:
+        render_challenger(r["challenger"], console)
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f} %"
+
+
+def render_challenger(c: dict[str, Any], console: Console) -> None:
+    """The champion vs challenger section, as rich tables."""
+    console.print(f"\nchampion vs challenger: {c['champion']} vs {c['challenger']}", markup=False)
+    line = f"{c['rows']:,} rows compared in {_files(c['files'])}"
+    if c["agreement"] is not None:
+        line += f"; agreement {_pct(c['agreement'])} ({c['rows'] - c['agree']:,} rows differ)"
+    if c["delta_of"]:
+        line += f"; |Δ{c['delta_of']}| mean {_fmt(c['delta_mean'], '.4g')}, max {_fmt(c['delta_max'], '.4g')}"
+    console.print(line, markup=False)
+    if c["confusion"]:
+        labels = sorted({y for row in c["confusion"].values() for y in row})
+        table = Table(title="rows: champion's label (row) vs challenger's (column)")
+        table.add_column("champion \\ challenger")
+        for y in labels:
+            table.add_column(escape(y), justify="right")
+        for x, row in c["confusion"].items():
+            table.add_row(escape(x), *(f"{row.get(y, 0):,}" for y in labels))
+        console.print(table)
+    if c["features"]:
+        table = Table(title="features differing most where the two models disagree (vs all rows)")
+        for col in ("feature", "PSI", "KS", "mean (disagree)", "mean (all)", "rows"):
+            table.add_column(col, justify="left" if col == "feature" else "right")
+        for f in c["features"]:
+            table.add_row(
+                escape(f["feature"]),
+                _fmt(f["psi"], ".4f"),
+                _fmt(f["ks"], ".4f"),
+                _fmt(f["mean_disagree"]),
+                _fmt(f["mean_all"]),
+                f"{f['rows_disagree']:,}",
+            )
+        console.print(table)
+    if c["failed_files"]:
+        console.print(f"challenger failed on {_files(c['failed_files'])} (champion outputs kept):", markup=False)
+        for reason in c["failed"].values():
+            console.print(f"  {reason}", markup=False)
 
 
 # -- HTML ----------------------------------------------------------------------------------------
@@ -337,5 +432,49 @@ def render_html(r: dict[str, Any], current: Stats, reference: Stats | None) -> s
         + (f"; reference {r['reference_rows']:,} rows in {_files(r['reference_files'])}" if r["reference"] else "")
         + f".</p>{verdict}<table><tr>{''.join(f'<th>{c}</th>' for c in head)}</tr>{''.join(rows)}</table>"
         f"{prediction}<h2>Distributions</h2><p>Red: this batch; blue: the reference.</p>{''.join(charts)}"
+        f"{_challenger_html(r['challenger'], current) if 'challenger' in r else ''}"
         "</body></html>\n"
     )
+
+
+def _challenger_html(c: dict[str, Any], current: Stats) -> str:
+    """The champion vs challenger section: numbers, confusion table, the features differing most where
+    the models disagree, with their histograms (red: disagreeing rows; blue: all rows)."""
+    e = html.escape
+    parts = [f"<h2>Champion vs challenger</h2><p>{e(c['champion'])} vs {e(c['challenger'])}: "]
+    parts.append(f"{c['rows']:,} rows compared in {_files(c['files'])}")
+    if c["agreement"] is not None:
+        parts.append(f"; agreement <b>{_pct(c['agreement'])}</b> ({c['rows'] - c['agree']:,} rows differ)")
+    if c["delta_of"]:
+        parts.append(f"; |Δ{c['delta_of']}| mean {_fmt(c['delta_mean'], '.4g')}, max {_fmt(c['delta_max'], '.4g')}")
+    parts.append(".</p>")
+    if c["confusion"]:
+        labels = sorted({y for row in c["confusion"].values() for y in row})
+        head = "".join(f"<th>{e(y)}</th>" for y in labels)
+        body = "".join(
+            f"<tr><td>{e(x)}</td>" + "".join(f"<td>{row.get(y, 0):,}</td>" for y in labels) + "</tr>"
+            for x, row in c["confusion"].items()
+        )
+        parts.append(f"<table><tr><th>champion \\ challenger</th>{head}</tr>{body}</table>")
+    if c["features"]:
+        rows = "".join(
+            f"<tr><td>{e(f['feature'])}</td><td>{_fmt(f['psi'], '.4f')}</td><td>{_fmt(f['ks'], '.4f')}</td>"
+            f"<td>{_fmt(f['mean_disagree'])}</td><td>{_fmt(f['mean_all'])}</td><td>{f['rows_disagree']:,}</td></tr>"
+            for f in c["features"]
+        )
+        parts.append(
+            "<h3>Features differing most where the models disagree</h3><table><tr><th>feature</th><th>PSI</th>"
+            f"<th>KS</th><th>mean (disagree)</th><th>mean (all)</th><th>rows</th></tr>{rows}</table>"
+        )
+        comparison = current.comparison
+        if comparison is not None:
+            parts.append("<p>Red: rows where the models disagree; blue: all rows.</p>")
+            for f in c["features"][:4]:
+                name = f["feature"]
+                svg = _svg(name, comparison.disagree[name], comparison.all[name])
+                parts.append(f'<div class="chart">{svg}</div>')
+    if c["failed_files"]:
+        items = "".join(f"<li>{e(reason)}</li>" for reason in c["failed"].values())
+        failed = _files(c["failed_files"])
+        parts.append(f"<p>Challenger failed on {failed} (champion outputs kept):</p><ul>{items}</ul>")
+    return "".join(parts)

@@ -38,6 +38,9 @@ DISPATCH_DEFAULTS: dict[str, Any] = {
     "encoding": "utf-8",
     "shard_size": "0",
     "stats": False,
+    "shadow": None,
+    "shadow_output": None,
+    "shadow_sha256": None,
 }
 """`velo dispatch`'s options by their Python names (``keep`` and ``features``: comma-separated)."""
 
@@ -126,7 +129,8 @@ class Client:
         """Enqueue one job per pending file under ``source``; ``{"id", "enqueued", "skipped"}``.
 
         ``options`` are `velo dispatch`'s: ``patterns``, ``output``, ``suffix``, ``keep``,
-        ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``, ``stats``.
+        ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``, ``stats``,
+        ``shadow``, ``shadow_output``, ``shadow_sha256`` (champion vs challenger).
         """
         from dispatcher.enqueue import dispatch_batch
         from velosiped import storage

@@ -7,7 +7,7 @@ Output columns: the kept input columns in input order, ``prediction``, then with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -129,8 +129,11 @@ def predict_block(
     rows: int,
     name: str,
     stats: Stats | None = None,
+    also: Callable[..., None] | None = None,
 ) -> pa.Table:
-    """One block scored; with ``stats``, its features and predictions are added to them."""
+    """One block scored; with ``stats``, its features and predictions are added to them. ``also``
+    (a challenger's, see worker.shadow) is then called with the block, its feature columns, the
+    model's input, predictions and probabilities, and ``rows``, ``name``."""
     columns = spec.numbers(batch, name, rows + 1)
     if stats is not None:  # before predict: a model's thread pool, still spinning after it, would slow this
         stats.update_features(columns)
@@ -140,6 +143,8 @@ def predict_block(
     )
     if stats is not None:
         stats.update_prediction(prediction)
+    if also is not None:
+        also(batch, columns, x, prediction, probabilities, rows, name)
     return assemble(batch, kept, prediction, probabilities, names)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "params_key",
     "payload_params",
     "queued_description",
+    "shadow_lineage",
     "shard_group",
     "shard_of",
     "validate",
@@ -69,6 +70,12 @@ class Payload(_Required, total=False):
     """Absent or None: the whole file (jobs from before sharding still validate)."""
     stats: bool | None
     """True: gather statistics while scoring (`--stats`); absent, None or False: do not."""
+    shadow: str | None
+    """A challenger model (`--shadow`) scored on the same read; with ``shadow_version``,
+    ``shadow_sha256`` and ``shadow_output`` (where its output goes). Absent or None: none."""
+    shadow_version: str | None
+    shadow_sha256: str | None
+    shadow_output: str | None
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -108,6 +115,8 @@ def validate(obj: Any) -> Payload:
     for field, check in _OPTIONAL.items():
         if obj.get(field) is not None:
             check(obj[field])
+    if obj.get("shadow") is not None and (obj.get("shadow_version") is None or obj.get("shadow_output") is None):
+        raise InputError("job payload: shadow needs shadow_version and shadow_output")
     return obj  # type: ignore[return-value]
 
 
@@ -125,7 +134,21 @@ def _check_stats(stats: Any) -> None:
         raise InputError("job payload: stats must be true, false or null")
 
 
-_OPTIONAL: dict[str, Callable[[Any], None]] = {"shard": _check_shard, "stats": _check_stats}
+def _check_text(field: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, str):
+            raise InputError(f"job payload: {field} must be a string or null")
+
+    return check
+
+
+_SHADOW_FIELDS = ("shadow", "shadow_version", "shadow_sha256", "shadow_output")
+
+_OPTIONAL: dict[str, Callable[[Any], None]] = {
+    "shard": _check_shard,
+    "stats": _check_stats,
+    **{f: _check_text(f) for f in _SHADOW_FIELDS},
+}
 """Fields a payload may leave out (or set to null), each with its own check."""
 
 
@@ -158,6 +181,8 @@ def job_id(payload: Payload) -> str:
     shard = payload.get("shard")
     if shard:  # each shard its own job; a whole-file job keeps the id it had before sharding existed
         parts.append("shard={index}/{count}:{start}-{end}".format(**shard))
+    if payload.get("shadow"):  # a job without a challenger keeps the id it had before --shadow existed
+        parts.append(f"shadow={payload.get('shadow_version')}:{payload.get('shadow_output')}")
     return "velo-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
@@ -169,6 +194,16 @@ def lineage(payload: Payload) -> dict[str, str]:
         "velo-input-version": payload["input_version"],
         "velo-params": payload_params(payload),
         "velo-batch": payload["batch"],
+    }
+
+
+def shadow_lineage(payload: Payload) -> dict[str, str]:
+    """What made a challenger's output: the champion's lineage with the challenger as its model."""
+    return {
+        **lineage(payload),
+        "velo-model": str(payload.get("shadow") or "").encode("ascii", "backslashreplace").decode(),
+        "velo-model-version": str(payload.get("shadow_version") or ""),
+        "velo-role": "challenger",
     }
 
 

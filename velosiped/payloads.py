@@ -53,6 +53,9 @@ OPTION_FIELDS = (
     "sep",
     "encoding",
     "stats",
+    "shadow",
+    "shadow_version",
+    "shadow_sha256",
 )
 """Payload fields every file of a batch has alike, stored once."""
 
@@ -78,6 +81,9 @@ def pack_own(p: Payload, digest: str) -> str:
     shard = p.get("shard")
     if shard:
         own.append([shard["index"], shard["count"], shard["start"], shard["end"]])
+    if p.get("shadow_output"):  # the challenger's output (`--shadow`): sixth, after the shard or null
+        own += [] if shard else [None]
+        own.append(p.get("shadow_output"))
     return _compact(own)
 
 
@@ -90,7 +96,9 @@ def _unpack(fields: list[Any], options: Any) -> Payload:
     if not isinstance(options, dict):
         raise InputError("job payload: its options are not a JSON object")
     payload: dict[str, Any] = {**options, **dict(zip(_OWN_FIELDS, fields[1:4], strict=True))}
-    if len(fields) == 5:
+    if len(fields) == 6:
+        payload["shadow_output"] = fields[5]
+    if len(fields) >= 5 and fields[4] is not None:
         shard = fields[4]
         if not isinstance(shard, list) or len(shard) != 4:
             raise InputError("job payload: shard must be [index, count, start, end]")
@@ -103,8 +111,8 @@ def _fields(own: bytes | str) -> list[Any]:
         fields = json.loads(own)
     except ValueError as e:
         raise InputError(f"job payload is not JSON ({e})") from e
-    if not isinstance(fields, list) or len(fields) not in (4, 5) or not isinstance(fields[0], str):
-        raise InputError("job payload: not [options digest, input, input_version, output(, shard)]")
+    if not isinstance(fields, list) or len(fields) not in (4, 5, 6) or not isinstance(fields[0], str):
+        raise InputError("job payload: not [options digest, input, input_version, output(, shard(, shadow output))]")
     return fields
 
 

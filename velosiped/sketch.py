@@ -38,6 +38,8 @@ from velosiped import keys, lua
 if TYPE_CHECKING:
     from redis import Redis
 
+    from velosiped.comparison import Comparison
+
 __all__ = ["ALPHA", "MAX_BUCKETS", "MAX_CLASSES", "Sketch", "Stats", "load_batch", "store"]
 
 MANTISSA_BITS = 6
@@ -320,6 +322,8 @@ class Stats:
         self.features: dict[str, Sketch] = {f: Sketch() for f in features}
         self.prediction = Sketch()
         self.classes: dict[str, int] = {}
+        self.comparison: Comparison | None = None
+        """Champion vs challenger (``--shadow``), when the file was scored by both."""
 
     def start(self, features: Sequence[str], labels: bool) -> None:
         """Gather one file's statistics from now on: its ``features`` (names), and its predictions as
@@ -359,6 +363,7 @@ class Stats:
         """Add every one of ``others`` into this one (one sort a column for all); returns it."""
         features: dict[str, list[Sketch]] = {}
         predictions = []
+        comparisons: list[Comparison] = []
         for other in others:
             self.labels = self.labels or other.labels
             self.rows += other.rows
@@ -368,9 +373,15 @@ class Stats:
             predictions.append(other.prediction)
             for label, count in other.classes.items():
                 self.classes[label] = self.classes.get(label, 0) + count
+            if other.comparison is not None:
+                comparisons.append(other.comparison)
         for name, sketches in features.items():
             self.features.setdefault(name, Sketch()).merge_all(sketches)
         self.prediction.merge_all(predictions)
+        if comparisons:
+            from velosiped.comparison import Comparison
+
+            self.comparison = (self.comparison or Comparison()).merge_all(comparisons)
         return self
 
     def to_json(self) -> str:
@@ -385,6 +396,8 @@ class Stats:
             d["prediction"] = self.prediction.to_dict()
         if self.classes:
             d["classes"] = self.classes
+        if self.comparison is not None:
+            d["comparison"] = self.comparison.to_dict()
         return json.dumps(d, separators=(",", ":"))
 
     @classmethod
@@ -398,6 +411,10 @@ class Stats:
         if "prediction" in d:
             s.prediction = Sketch.from_dict(d["prediction"])
         s.classes = {str(k): int(v) for k, v in d.get("classes", {}).items()}
+        if "comparison" in d:
+            from velosiped.comparison import Comparison
+
+            s.comparison = Comparison.from_dict(d["comparison"])
         return s
 
 

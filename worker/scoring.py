@@ -14,7 +14,7 @@ import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,9 @@ from velosiped.errors import InputError, TransientError
 from velosiped.frames import FeatureSpec, classes_of, kept_columns, one_line, predict_block
 from velosiped.sketch import Stats
 from velosiped.storage import MAX_HEADER
+
+if TYPE_CHECKING:
+    from worker.shadow import Challenger
 
 __all__ = [
     "BLOCK_SIZE",
@@ -251,6 +254,7 @@ def score_stream(
     block_size: int | None = None,
     write_header: bool = True,
     stats: Stats | None = None,
+    challenger: Challenger | None = None,
 ) -> int:
     """Score the CSV (or Parquet) file in ``src`` into ``dst``; returns the number of rows.
 
@@ -261,7 +265,8 @@ def score_stream(
         InputError: the file is not one the model can score; the message names ``name``.
 
     With ``stats`` (an empty :class:`velosiped.sketch.Stats`), the file's features and
-    predictions are gathered into it as its blocks are scored.
+    predictions are gathered into it as its blocks are scored. With ``challenger`` (``--shadow``,
+    see :mod:`worker.shadow`), each block parsed is scored by it too, into its own output.
     """
     try:
         header, blocks, schema = (
@@ -276,17 +281,29 @@ def score_stream(
         out: _CsvOut | _ParquetOut = _ParquetOut(dst) if parquet else _CsvOut(dst, names, dialect.sep, write_header)
         if stats is not None:
             stats.start(spec.columns, labels=hasattr(model, "classes_"))
+        also = None
+        if challenger is not None:
+            challenger.start(
+                header, spec, keep, proba, name, lambda d, n: _writer(d, n, dialect, parquet, write_header)
+            )
+            also = challenger.score
         rows = 0
         for batch in blocks:
             if batch.num_rows == 0:
                 continue
-            out.write(predict_block(batch, spec, model, kept, classes, names, rows, name, stats))
+            out.write(predict_block(batch, spec, model, kept, classes, names, rows, name, stats, also))
             rows += batch.num_rows
         if isinstance(out, _ParquetOut):
             out.close(_empty(model, kept, classes, names, schema))
+        if challenger is not None:
+            challenger.finish(lambda w, m, k, c, n: w.close(_empty(m, k, c, n, schema)) if parquet else w.close())
         return rows
     except _CORRUPT as e:
         raise InputError(f"{name}: cannot decompress ({one_line(e)})") from e
+
+
+def _writer(dst: IO[bytes], names: list[str], dialect: Dialect, parquet: bool, header: bool) -> _CsvOut | _ParquetOut:
+    return _ParquetOut(dst) if parquet else _CsvOut(dst, names, dialect.sep, header)
 
 
 def _empty(model: Any, kept: list[str], classes: list[Any], names: list[str], schema: pa.Schema | None) -> pa.Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from velosiped.state import FileState, get_state, set_state
 from velosiped.storage.base import causes
 from worker import backoff, metrics, models, shards
 from worker.scoring import Dialect, QuotedLineBreaks, is_parquet, score_stream
+from worker.shadow import Challenger
 
 __all__ = ["on_job_failure", "score"]
 
@@ -162,6 +164,9 @@ def _check_paths(p: Payload) -> None:
     if p.get("shard"):
         shards.check_parts(p)
     check_path(p["model"], settings.MODEL_PREFIXES)
+    if p.get("shadow"):  # the challenger obeys the champion's rules: an allowed model, an allowed output
+        check_path(str(p.get("shadow")), settings.MODEL_PREFIXES)
+        check_output(str(p.get("shadow_output")))
 
 
 def _score(p: Payload, job: Job, started: float) -> tuple[int, int | None]:
@@ -199,8 +204,17 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         if p.get("shard"):
             return shards.score(p, model, redis)
         stats = Stats() if p.get("stats") is True else None
-        rows = _score_whole(p, model, stats)
+        shadow = None
+        if p.get("shadow"):
+            shadow = models.load(str(p.get("shadow")), str(p.get("shadow_version")), p.get("shadow_sha256"))
+        rows, challenger = _score_whole(p, model, stats, shadow)
         storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows)})
+        if challenger is not None:
+            challenger.settle()
+            if stats is None:  # the comparison is gathered with --shadow, whatever --stats says
+                stats = Stats()
+                stats.files = 1
+            stats.comparison = challenger.comparison
         if stats is not None:  # before the file is recorded done: they expire with its batch
             sketch.store(redis, p["batch"], p["input"], stats)
         return rows, rows
@@ -232,21 +246,28 @@ def _classify(p: Payload, error: Exception) -> Exception:
     return found if found is not None else error
 
 
-def _score_whole(p: Payload, model: Any, stats: Stats | None = None) -> int:
+def _score_whole(
+    p: Payload, model: Any, stats: Stats | None = None, shadow: Any = None
+) -> tuple[int, Challenger | None]:
+    """The file scored whole: its rows, and its challenger (``--shadow``) if it has one."""
     dialect = Dialect(p["sep"], p["encoding"])
     try:
-        return _score_whole_as(p, model, dialect, stats)
+        return _score_whole_as(p, model, dialect, stats, shadow)
     except QuotedLineBreaks:  # the output was not written: read the file again, tracking quotes
         log.info("%s: quoted fields hold line breaks; reading it again with them in mind", p["input"])
-        return _score_whole_as(p, model, replace(dialect, newlines_in_values=True), stats)
+        return _score_whole_as(p, model, replace(dialect, newlines_in_values=True), stats, shadow)
 
 
-def _score_whole_as(p: Payload, model: Any, dialect: Dialect, stats: Stats | None) -> int:
+def _score_whole_as(
+    p: Payload, model: Any, dialect: Dialect, stats: Stats | None, shadow: Any
+) -> tuple[int, Challenger | None]:
     # The input is read at the version dispatched, and still that version when its output is kept:
     # an output is never labelled with a version it was not made from.
+    challenger = Challenger(p, shadow, model) if shadow is not None else None
     with (
         storage.open_read(p["input"], p["input_version"]) as src,
         storage.write_atomic(p["output"], lineage(p)) as dst,
+        challenger.writing() if challenger is not None else contextlib.nullcontext(),
     ):
         rows = score_stream(
             src,
@@ -259,9 +280,10 @@ def _score_whole_as(p: Payload, model: Any, dialect: Dialect, stats: Stats | Non
             dialect=dialect,
             parquet=is_parquet(p["input"]),
             stats=stats,
+            challenger=challenger,
         )
         storage.check_unchanged(p["input"], p["input_version"])  # inside: a changed input keeps no output
-        return rows
+    return rows, challenger
 
 
 def _shard_scored(p: Payload, job: Job, redis: Redis, rows: int, total: int | None, started: float) -> dict[str, Any]:
@@ -286,23 +308,35 @@ def _fields(p: Payload, job: Job, started: float, **more: Any) -> dict[str, Any]
 
 def _drop_outdated_output(p: Payload) -> None:
     """The input as it is now failed: an output Velosiped made from an older version of it goes, so
-    no reader takes it for the current one (whole or absent holds for the current version)."""
+    no reader takes it for the current one (whole or absent holds for the current version); the
+    challenger's (``--shadow``) too."""
     try:  # a refused input or output is not even looked at
         check_path(p["input"])
         check_output(p["output"])
     except ConfigError:
         return
-    made = storage.read_lineage(p["output"]) or {}
+    _drop_if_older(p, p["output"])
+    shadow = p.get("shadow_output")
+    if shadow:
+        try:
+            check_output(shadow)
+        except ConfigError:
+            return
+        _drop_if_older(p, shadow)
+
+
+def _drop_if_older(p: Payload, output: str) -> None:
+    made = storage.read_lineage(output) or {}
     old = made.get("velo-input-version")
     if old is None or old == p["input_version"]:
         return  # not ours, or made from this very version (a late failure of a done file)
     now = storage.head(p["input"])
     if now is None or now.version != p["input_version"]:
         return  # the input changed again since: this failure says nothing of its current version
-    storage.delete(p["output"])
-    if not storage.is_s3(p["output"]):  # its lineage sidecar goes with it
-        storage.delete(p["output"] + storage.LINEAGE_SUFFIX)
-    log.warning("%s: its output, made from an older version, is removed", p["input"])
+    storage.delete(output)
+    if not storage.is_s3(output):  # its lineage sidecar goes with it
+        storage.delete(output + storage.LINEAGE_SUFFIX)
+    log.warning("%s: its output %s, made from an older version, is removed", p["input"], output)
 
 
 def _fail(p: Payload, reason: str, redis: Redis, kind: str) -> dict[str, Any]:

@@ -39,6 +39,9 @@ class DispatchOptions(BaseModel):
     encoding: str = "utf-8"
     shard_size: str = "0"
     stats: bool = False
+    shadow: str | None = None
+    shadow_output: str | None = None
+    shadow_sha256: str | None = None
     timeout: int = 6 * 3600
 
 
@@ -75,9 +78,15 @@ def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Req
             o.encoding,
             o.shard_size,
             o.stats,
+            o.shadow,
+            o.shadow_output,
+            o.shadow_sha256,
         )
         if opts.output:
             check_path(opts.output)
+        if opts.shadow and opts.shadow_output:  # a challenger is a model, and its outputs are written
+            check_path(opts.shadow, settings.MODEL_PREFIXES)
+            check_path(opts.shadow_output)
         batch = dispatch_batch(conn(), queue, source, opts, o.timeout)
         return {"id": batch.id, "enqueued": batch.enqueued, "skipped": batch.skipped}
 
