@@ -96,6 +96,8 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
     }
     if opts.stats:  # only then: the options of a batch without statistics are what they were before
         payload["stats"] = True
+    if opts.engine != "sklearn":  # likewise: the default leaves the batch's options as they were
+        payload["engine"] = opts.engine
     return payload
 
 

@@ -15,6 +15,7 @@ from dispatcher.plan import DEFAULT_PATTERNS, Options
 from dispatcher.sharding import parse_size
 from velosiped import settings, storage
 from velosiped.errors import ConfigError
+from velosiped.jobs import ENGINES
 from velosiped.models import version_of
 
 __all__ = ["dispatch_options", "make_options", "redis_option"]
@@ -43,6 +44,12 @@ shard_size_help = (
 stats_help = (
     "Gather each file's feature and prediction statistics while scoring it, for `velo report` "
     "(off by default while it costs more than 3% of scoring throughput)."
+)
+engine_help = (
+    "What predicts: scikit-learn's own predict, or treelite: a tree ensemble (HistGradientBoosting, "
+    "random forest...) compiled once per model version (pip install 'velosiped[engine]', a C compiler), "
+    "checked against scikit-learn on the first file's first rows; any difference, or a model it cannot "
+    "take, and scikit-learn predicts, said in one log line."
 )
 
 
@@ -112,6 +119,9 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--shard-size", envvar=SHARD_SIZE_ENV, default=settings.SHARD_SIZE.default, help=shard_size_help
             ),
             click.option("--stats/--no-stats", default=False, show_default=True, help=stats_help),
+            click.option(
+                "--engine", type=click.Choice(ENGINES), default="sklearn", show_default=True, help=engine_help
+            ),
         ]
     ):
         f = opt(f)
@@ -133,6 +143,7 @@ def make_options(
     encoding: str,
     shard_size: str = "0",
     stats: bool = True,
+    engine: str = "sklearn",
 ) -> Options:
     _check_outputs(source, storage.normalize(output) if output else None, suffix)
     model = storage.normalize(model)
@@ -156,6 +167,7 @@ def make_options(
         model_sha256=model_sha256,
         shard_size=parse_size(shard_size),
         stats=stats,
+        engine=engine,
     )
 
 

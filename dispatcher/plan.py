@@ -44,6 +44,8 @@ class Options:
     """Plain CSVs above this many bytes are split into shards scored apart (0: never)."""
     stats: bool = False
     """Gather each file's statistics while scoring it, for `velo report` (``--stats``)."""
+    engine: str = "sklearn"
+    """What predicts in the workers (``--engine``): scikit-learn's own predict, or ``treelite``."""
 
 
 @dataclass(frozen=True)

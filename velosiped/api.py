@@ -38,6 +38,7 @@ DISPATCH_DEFAULTS: dict[str, Any] = {
     "encoding": "utf-8",
     "shard_size": "0",
     "stats": False,
+    "engine": "sklearn",
 }
 """`velo dispatch`'s options by their Python names (``keep`` and ``features``: comma-separated)."""
 
@@ -126,7 +127,8 @@ class Client:
         """Enqueue one job per pending file under ``source``; ``{"id", "enqueued", "skipped"}``.
 
         ``options`` are `velo dispatch`'s: ``patterns``, ``output``, ``suffix``, ``keep``,
-        ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``, ``stats``.
+        ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``, ``stats``,
+        ``engine``.
         """
         from dispatcher.enqueue import dispatch_batch
         from velosiped import storage

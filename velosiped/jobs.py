@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 from velosiped.errors import InputError
 
 __all__ = [
+    "ENGINES",
     "FAILED_FOR_GOOD",
     "FAILURE_CALLBACK",
     "PARTS_SUFFIX",
@@ -69,6 +70,8 @@ class Payload(_Required, total=False):
     """Absent or None: the whole file (jobs from before sharding still validate)."""
     stats: bool | None
     """True: gather statistics while scoring (`--stats`); absent, None or False: do not."""
+    engine: str | None
+    """What predicts (`--engine`, one of :data:`ENGINES`); absent or None: scikit-learn."""
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -125,7 +128,16 @@ def _check_stats(stats: Any) -> None:
         raise InputError("job payload: stats must be true, false or null")
 
 
-_OPTIONAL: dict[str, Callable[[Any], None]] = {"shard": _check_shard, "stats": _check_stats}
+ENGINES = ("sklearn", "treelite")
+"""`--engine` choices: scikit-learn's own predict (the default), or the compiled tree ensemble (worker/engine.py)."""
+
+
+def _check_engine(engine: Any) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"job payload: engine must be one of {', '.join(ENGINES)}")
+
+
+_OPTIONAL: dict[str, Callable[[Any], None]] = {"shard": _check_shard, "stats": _check_stats, "engine": _check_engine}
 """Fields a payload may leave out (or set to null), each with its own check."""
 
 

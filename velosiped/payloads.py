@@ -53,6 +53,7 @@ OPTION_FIELDS = (
     "sep",
     "encoding",
     "stats",
+    "engine",
 )
 """Payload fields every file of a batch has alike, stored once."""
 
