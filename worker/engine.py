@@ -244,11 +244,16 @@ def _compile(model: Any, digest: str) -> Callable[[np.ndarray], np.ndarray]:
         raise _Unsupported(f"Treelite cannot import it ({type(e).__name__}: {e})") from e
     with _quiet():
         path = _library(imported, digest, compiler)
-        threads = settings.THREADS.get() or os.cpu_count() or 1
-        predictor = tl2cgen.Predictor(path, nthread=int(threads))
+    loaded: list[Any] = []
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return np.asarray(predictor.predict(tl2cgen.DMatrix(x, dtype="float64")))
+        # Loaded in the process that predicts, on first use: `velo run` compiles before forking its
+        # workers, and each then loads the library with its own share of the cores (VELO_THREADS).
+        if not loaded:
+            threads = settings.THREADS.get() or os.cpu_count() or 1
+            with _quiet():
+                loaded.append(tl2cgen.Predictor(path, nthread=int(threads)))
+        return np.asarray(loaded[0].predict(tl2cgen.DMatrix(x, dtype="float64")))
 
     return predict
 
