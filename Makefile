@@ -57,7 +57,8 @@ bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk
 	            "bench.memory --size-gb 5 --s3-gb $(if $(FULL),1 --full,0.5)" \
 	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)" \
 	            "bench.serve --reps 3 --seconds 10" \
-	            "bench.stats_overhead"; do \
+	            "bench.stats_overhead" \
+	            "bench.engine --reps 3"; do \
 	  echo "$(BIN)/python -m $$step"; s=$$(date +%s); \
 	  $(BIN)/python -m $$step; \
 	  echo "make bench: $$step: $$(( $$(date +%s) - s )) s"; \
