@@ -148,7 +148,12 @@ def engines(name: str, model_path: Path, x: pd.DataFrame, reps: int) -> list[lis
             if t == 2:
                 convert = time.perf_counter() - started
         proba = compiled[2].predict_proba(x)
-        add("Treelite + TL2cgen (gcc), `--engine treelite`", convert, lambda t: compiled[t].predict(x),
+
+        def predict(t: int) -> np.ndarray:
+            compiled[t]._last = None  # it keeps the last block's output (for --proba): not a predict
+            return np.asarray(compiled[t].predict(x))
+
+        add("Treelite + TL2cgen (gcc), `--engine treelite`", convert, predict,
             _agreement(model, x, compiled[2].predict(x), proba))  # fmt: skip
     finally:
         for k, v in saved.items():

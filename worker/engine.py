@@ -68,7 +68,7 @@ _FLOAT32_TREES = (
 )
 """Models whose trees compare float32 features (scikit-learn casts X first): so does the engine."""
 
-_SUPPORTED = (*_FLOAT32_TREES, "HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "IsolationForest")
+_SUPPORTED = (*_FLOAT32_TREES, "HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
 
 MAX_NODES = 50_000
 """Models with more tree nodes are not compiled: compile time grows with them (a 100-tree forest
@@ -92,6 +92,8 @@ class Compiled:
         self.fallback: str | None = None
         """Why scikit-learn scores this model after all (set by the check); None: the engine does."""
         self.checked = False
+        self._last: tuple[Any, np.ndarray] | None = None
+        """The last block and its output: `--proba` asks for labels and probabilities of the same block."""
         self._classes = getattr(model, "classes_", None)
         if self._classes is not None and hasattr(model, "predict_proba"):
             self.predict_proba = self._predict_proba
@@ -106,6 +108,13 @@ class Compiled:
 
     def _raw(self, x: Any) -> np.ndarray:
         """The compiled model's output: class probabilities (n, classes), or a regressor's (n,)."""
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
+        out = self._compute(x)
+        self._last = (x, out)
+        return out
+
+    def _compute(self, x: Any) -> np.ndarray:
         features = np.asarray(x, dtype=np.float64)
         if type(self.model).__name__ in _FLOAT32_TREES:
             features = features.astype(np.float32).astype(np.float64)
