@@ -74,6 +74,9 @@ MAX_NODES = 50_000
 """Models with more tree nodes are not compiled: compile time grows with them (a 100-tree forest
 of depth 12, ~120,000 nodes, took 253 s on 2 cores, and predicted slower than scikit-learn)."""
 
+COMPILER = "gcc"
+"""The C compiler TL2cgen builds the model's library with."""
+
 _held: dict[str, Compiled | str] = {}
 """Per model SHA-256: its compiled form, or why it has none (said once)."""
 
@@ -241,7 +244,7 @@ def _compile(model: Any, digest: str) -> Callable[[np.ndarray], np.ndarray]:
         import treelite
     except ImportError as e:
         raise _Unsupported(f"the engine is not installed ({e.name} missing: pip install 'velosiped[engine]')") from e
-    compiler = os.environ.get("CC") or "gcc"
+    compiler = COMPILER
     if shutil.which(compiler) is None:
         raise _Unsupported(f"no C compiler ({compiler}) to compile the model with")
     nodes = _nodes(model)

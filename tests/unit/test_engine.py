@@ -149,7 +149,7 @@ def test_too_many_nodes_is_refused_before_compiling(monkeypatch, caplog):
 
 
 def test_without_a_c_compiler_the_model_falls_back(monkeypatch, caplog):
-    monkeypatch.setenv("CC", "no-such-cc")
+    monkeypatch.setattr(engine, "COMPILER", "no-such-cc")
     with caplog.at_level(logging.WARNING, logger="worker.engine"):
         got = engine.for_model(_train("hgb"), "digest-cc", "m.joblib")
     assert not isinstance(got, engine.Compiled)
