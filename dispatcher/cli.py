@@ -339,10 +339,11 @@ def local_workers(url: str, opts: Options, queue: str, n: int, log_path: str, *,
     it): every worker starts with it and the heavy imports already in memory, shared
     copy-on-write, instead of spending a second or more importing and unpickling it alone.
     """
-    from worker import models
+    from worker import engine, models
     from worker.runner import fork_workers
 
-    models.load(opts.model, opts.model_version, opts.model_sha256)
+    model = models.load(opts.model, opts.model_version, opts.model_sha256)
+    engine.prepare(model, opts.model, opts.model_version, opts.engine)  # compiled once, here, not in each worker
     if opts.shadow and opts.shadow_version:
         models.load(opts.shadow, opts.shadow_version, opts.shadow_sha256)
     procs = fork_workers(url, queue, n, log_path, s3=s3)

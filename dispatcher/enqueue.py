@@ -101,6 +101,8 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
         payload["shadow_version"] = opts.shadow_version
         payload["shadow_sha256"] = opts.shadow_sha256
         payload["shadow_output"] = item.shadow_output
+    if opts.engine != "sklearn":  # likewise: the default leaves the batch's options as they were
+        payload["engine"] = opts.engine
     return payload
 
 

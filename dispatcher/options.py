@@ -15,6 +15,7 @@ from dispatcher.plan import DEFAULT_PATTERNS, Options
 from dispatcher.sharding import parse_size
 from velosiped import settings, storage
 from velosiped.errors import ConfigError
+from velosiped.jobs import ENGINES
 from velosiped.models import version_of
 
 __all__ = ["dispatch_options", "make_options", "redis_option"]
@@ -53,6 +54,12 @@ shadow_help = (
 shadow_output_help = (
     "Where the challenger's outputs go, keeping relative paths (required with --shadow; outside SOURCE "
     "and apart from --output)."
+)
+engine_help = (
+    "What predicts: scikit-learn's own predict, or treelite: a tree ensemble (HistGradientBoosting, "
+    "random forest...) compiled once per model version (pip install 'velosiped[engine]', a C compiler), "
+    "checked against scikit-learn on the first file's first rows; any difference, or a model it cannot "
+    "take, and scikit-learn predicts, said in one log line."
 )
 
 
@@ -130,6 +137,9 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--shadow", default=None, help=shadow_help),
             click.option("--shadow-output", default=None, help=shadow_output_help),
             click.option("--shadow-sha256", default=None, help="Pin the challenger's SHA-256 digest."),
+            click.option(
+                "--engine", type=click.Choice(ENGINES), default="sklearn", show_default=True, help=engine_help
+            ),
         ]
     ):
         f = opt(f)
@@ -154,6 +164,7 @@ def make_options(
     shadow: str | None = None,
     shadow_output: str | None = None,
     shadow_sha256: str | None = None,
+    engine: str = "sklearn",
 ) -> Options:
     _check_outputs(source, storage.normalize(output) if output else None, suffix)
     model = storage.normalize(model)
@@ -181,6 +192,7 @@ def make_options(
         shard_size=0 if challenger else parse_size(shard_size),  # a file scored by two models is scored whole
         stats=stats,
         **challenger,
+        engine=engine,
     )
 
 

@@ -49,6 +49,8 @@ class Options:
     shadow_version: str | None = None
     shadow_sha256: str | None = None
     shadow_output: str | None = None
+    engine: str = "sklearn"
+    """What predicts in the workers (``--engine``): scikit-learn's own predict, or ``treelite``."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ DISPATCH_DEFAULTS: dict[str, Any] = {
     "shadow": None,
     "shadow_output": None,
     "shadow_sha256": None,
+    "engine": "sklearn",
 }
 """`velo dispatch`'s options by their Python names (``keep`` and ``features``: comma-separated)."""
 
@@ -130,7 +131,7 @@ class Client:
 
         ``options`` are `velo dispatch`'s: ``patterns``, ``output``, ``suffix``, ``keep``,
         ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``, ``stats``,
-        ``shadow``, ``shadow_output``, ``shadow_sha256`` (champion vs challenger).
+        ``engine``, ``shadow``, ``shadow_output``, ``shadow_sha256`` (champion vs challenger).
         """
         from dispatcher.enqueue import dispatch_batch
         from velosiped import storage

@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 from velosiped.errors import InputError
 
 __all__ = [
+    "ENGINES",
     "FAILED_FOR_GOOD",
     "FAILURE_CALLBACK",
     "PARTS_SUFFIX",
@@ -76,6 +77,8 @@ class Payload(_Required, total=False):
     shadow_version: str | None
     shadow_sha256: str | None
     shadow_output: str | None
+    engine: str | None
+    """What predicts (`--engine`, one of :data:`ENGINES`); absent or None: scikit-learn."""
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -134,6 +137,15 @@ def _check_stats(stats: Any) -> None:
         raise InputError("job payload: stats must be true, false or null")
 
 
+ENGINES = ("sklearn", "treelite")
+"""`--engine` choices: scikit-learn's own predict (the default), or the compiled tree ensemble (worker/engine.py)."""
+
+
+def _check_engine(engine: Any) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"job payload: engine must be one of {', '.join(ENGINES)}")
+
+
 def _check_text(field: str) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if not isinstance(value, str):
@@ -147,6 +159,7 @@ _SHADOW_FIELDS = ("shadow", "shadow_version", "shadow_sha256", "shadow_output")
 _OPTIONAL: dict[str, Callable[[Any], None]] = {
     "shard": _check_shard,
     "stats": _check_stats,
+    "engine": _check_engine,
     **{f: _check_text(f) for f in _SHADOW_FIELDS},
 }
 """Fields a payload may leave out (or set to null), each with its own check."""

@@ -56,6 +56,7 @@ OPTION_FIELDS = (
     "shadow",
     "shadow_version",
     "shadow_sha256",
+    "engine",
 )
 """Payload fields every file of a batch has alike, stored once."""
 

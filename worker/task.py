@@ -24,7 +24,7 @@ from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
 from velosiped.sketch import Stats
 from velosiped.state import FileState, get_state, set_state
 from velosiped.storage.base import causes
-from worker import backoff, metrics, models, shards
+from worker import backoff, engine, metrics, models, shards
 from worker.scoring import Dialect, QuotedLineBreaks, is_parquet, score_stream
 from worker.shadow import Challenger
 
@@ -201,6 +201,7 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
     """One attempt: every storage library's error is Velosiped's on the way out (see ``_classify``)."""
     try:
         model = models.load(p["model"], p["model_version"], p["model_sha256"])
+        model = engine.prepare(model, p["model"], p["model_version"], p.get("engine"))
         if p.get("shard"):
             return shards.score(p, model, redis)
         stats = Stats() if p.get("stats") is True else None
@@ -208,7 +209,7 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         if p.get("shadow"):
             shadow = models.load(str(p.get("shadow")), str(p.get("shadow_version")), p.get("shadow_sha256"))
         rows, challenger = _score_whole(p, model, stats, shadow)
-        storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows)})
+        storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows), **_engine_lineage(p, model)})
         if challenger is not None:
             challenger.settle()
             if stats is None:  # the comparison is gathered with --shadow, whatever --stats says
@@ -229,6 +230,20 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         if found is e:
             raise
         raise found from e
+
+
+def _engine_lineage(p: Payload, model: Any) -> dict[str, str]:
+    """What predicted, for a job that asked for another engine than scikit-learn (and why not, if not)."""
+    if p.get("engine") in (None, "sklearn"):
+        return {}
+    used = engine.engine_of(model)
+    why = engine.fallback_of(model)
+    if used == p.get("engine"):
+        return {"velo-engine": used}
+    if why is None:
+        why = engine.refused(p["model"], p["model_version"])
+    reason = (why or "not compiled")[:200].encode("ascii", "backslashreplace").decode()
+    return {"velo-engine": used, "velo-engine-fallback": reason}
 
 
 def _classify(p: Payload, error: Exception) -> Exception:
