@@ -167,3 +167,42 @@ def test_payload_stats_option():
     assert "stats" not in validate(dict(base))
     with pytest.raises(Exception, match="stats"):
         validate({**base, "stats": "no"})
+
+
+def test_big_files_bucket_a_systematic_sample_with_exact_moments():
+    from velosiped.sketch import CHUNK, EXACT_ROWS, STEP, _sample
+
+    # Which rows are bucketed, and how much each counts, whatever the blocks: the first
+    # EXACT_ROWS, then a run of CHUNK rows every STEP * CHUNK
+    for start in (0, 100, EXACT_ROWS - 1, EXACT_ROWS, EXACT_ROWS + CHUNK - 1, EXACT_ROWS + STEP * CHUNK, 50_001):
+        for n in (1, CHUNK - 1, CHUNK + 1, 1_000, 11_000):
+            rows = np.arange(start, start + n, dtype=float)
+            got = sorted((int(v), w) for part, w in _sample(rows[None, :], start) for v in part.ravel())
+            want = [
+                (int(r), 1 if r < EXACT_ROWS else STEP)
+                for r in rows
+                if r < EXACT_ROWS or (r - EXACT_ROWS) % (STEP * CHUNK) < CHUNK
+            ]
+            assert got == want, (start, n)
+
+    # A file sorted by one feature, in blocks: the moments exact, the histogram's shares within 0.5 %
+    rng = np.random.default_rng(7)
+    n = 200_000
+    x = np.stack([np.sort(rng.normal(size=n)), rng.exponential(size=n), rng.normal(5, 2, size=n)])
+    x[2, ::1000] = np.nan
+    stats = Stats()
+    stats.start(["sorted", "exp", "nulls"], labels=True)
+    for block in np.array_split(np.arange(n), 17):
+        stats.update(x[:, block], (x[0, block] > 0).astype(int))
+    for name, column in zip(stats.features, x, strict=True):
+        s, values = stats.features[name], column[~np.isnan(column)]
+        assert s.count == values.size and s.nulls == n - values.size
+        assert (s.min, s.max) == (values.min(), values.max())
+        assert s.mean == pytest.approx(values.mean(), rel=1e-12) and s.variance == pytest.approx(values.var(), rel=1e-9)
+        assert abs(int(s.weights.sum()) - s.count) <= STEP * CHUNK  # estimated counts, about the exact total
+        at = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
+        assert s.cdf(at) == pytest.approx([0.05, 0.25, 0.5, 0.75, 0.95], abs=0.005), name
+    # a small file is bucketed whole: its counts exact
+    small = Stats(["a"])
+    small.update(rng.normal(size=(1, EXACT_ROWS)), np.zeros(EXACT_ROWS))
+    assert int(small.features["a"].weights.sum()) == EXACT_ROWS
