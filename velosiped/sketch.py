@@ -24,13 +24,17 @@ smallest magnitudes fold. Sketches of different resolutions merge at the coarser
 :class:`Stats` is one file's (or one batch's): a sketch per feature and one of the prediction, or
 class counts when the prediction is a class label. A block's features are gathered as one matrix:
 their moments (exact: count, nulls, min, max, mean, variance) in one vectorised pass each, their
-buckets from a systematic sample of rows: every row of a file's first ``EXACT_ROWS``, then every
-``STEP``-th row, each counted ``STEP`` times. A bucket's weight is then an estimate of its count
-(their total is within ``STEP`` of the exact count), and a share read from the histogram (a CDF,
-a quantile, PSI's bins, KS's gap) has the standard error of a sample of about ``EXACT_ROWS`` +
-rows / ``STEP`` values: for a 200,000-row file about 32,000, so about 0.3 % on a share near one
-half, 0.005 on KS, far below the 0.1 that flags drift. Files under ``EXACT_ROWS`` rows are counted
-exactly. ``to_json`` is compact (buckets as zlib'd base64); ``from_json`` reads it back.
+buckets from a systematic sample of rows: every row of a file's first ``EXACT_ROWS``, then a run
+of ``CHUNK`` rows every ``STEP * CHUNK`` (one row in ``STEP``), each counted ``STEP`` times. Runs,
+not every ``STEP``-th row: rows a cache line apart would cost as much to read as every row. A
+bucket's weight is then an estimate of its count (their total is within ``STEP * CHUNK`` of the
+exact count), and a share read from the histogram (a CDF, a quantile, PSI's bins, KS's gap) has
+the standard error of a sample of about ``EXACT_ROWS`` + rows / ``STEP`` values: for a
+200,000-row file about 20,000, so about 0.35 % on a share near one half and about 0.01 on KS
+(0.003 for a batch of 8 such files), far below the 0.1 that flags drift; a file sorted by a
+feature is sampled evenly along it (a run every 1,024 rows). Files under ``EXACT_ROWS`` rows are
+counted exactly. Sampling is what keeps gathering within 3 % of scoring throughput. ``to_json``
+is compact (buckets as zlib'd base64); ``from_json`` reads it back.
 """
 
 from __future__ import annotations
