@@ -206,3 +206,44 @@ def test_big_files_bucket_a_systematic_sample_with_exact_moments():
     small = Stats(["a"])
     small.update(rng.normal(size=(1, EXACT_ROWS)), np.zeros(EXACT_ROWS))
     assert int(small.features["a"].weights.sum()) == EXACT_ROWS
+
+
+def test_stored_entries_are_small_and_merge_at_the_coarser_resolution(redis):
+    from velosiped.sketch import MIN_STORED_BITS, STORED_BUCKETS
+
+    rng = np.random.default_rng(8)
+    redis.hset(keys.batch("b"), mapping={"total": 3})
+    sizes = {}
+    for rows in (10, 1_000, 200_000):
+        stats = Stats()
+        stats.start([f"f{i}" for i in range(20)], labels=True)
+        for block in np.array_split(np.arange(rows), max(rows // 11_000, 1)):
+            x = rng.normal(size=(20, block.size)).round(6)
+            stats.update(x, (x[0] > 0).astype(int))
+        assert store(redis, "b", f"/d/{rows}.csv", stats)
+        raw = redis.hget(keys.batch_stats("b"), f"/d/{rows}.csv")
+        sizes[rows] = len(raw)
+        back = Stats.from_json(raw)
+        for name, sketch in back.features.items():
+            assert sketch.keys.size <= STORED_BUCKETS and sketch.bits >= MIN_STORED_BITS
+            assert (sketch.count, sketch.min, sketch.max) == (rows, stats.features[name].min, stats.features[name].max)
+            assert sketch.mean == stats.features[name].mean and sketch.m2 == stats.features[name].m2
+            assert sketch.quantile(0.5) == pytest.approx(stats.features[name].quantile(0.5), abs=0.1)
+    # 20 features: a 10-row file's entry a few KB, a 200,000-row file's well under the 57 KB it was
+    assert sizes[10] < 4_000 and sizes[1_000] < 9_000 and sizes[200_000] < 16_000, sizes
+    # Stored again (a file scored again), a file's entry replaces its own: never counted twice
+    store(redis, "b", "/d/10.csv", Stats.from_json(redis.hget(keys.batch_stats("b"), "/d/10.csv")))
+    merged = load_batch(redis, "b")
+    assert merged.features["f0"].count == 201_010 and merged.files == 3
+    assert merged.features["f0"].bits == min(
+        Stats.from_json(raw).features["f0"].bits
+        for f, raw in redis.hgetall(keys.batch_stats("b")).items()
+        if not f.startswith(b"velo:")
+    )
+    # Coarser buckets merge with finer ones at the coarser resolution, in any order
+    fine, coarse = sketch_of(rng.normal(size=5_000)), sketch_of(rng.normal(size=5_000)).compacted(64)
+    assert coarse.bits < fine.bits and coarse.keys.size <= 64
+    one, other = Sketch().merge(fine).merge(coarse), Sketch().merge(coarse).merge(fine)
+    same(one, other)
+    assert one.bits == coarse.bits and int(one.weights.sum()) == 10_000
+    assert one.cdf(0.0) == pytest.approx(0.5, abs=0.02)
