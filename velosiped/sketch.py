@@ -276,9 +276,13 @@ class Sketch:
             self.count, self.nulls, self.min, self.max, self.mean, self.m2,
         )  # fmt: skip
         keys_, weights, bits = self.keys, self.weights, self.bits
-        while keys_.size > most and bits > MIN_STORED_BITS:
+        coarse = keys_
+        while bits > MIN_STORED_BITS and coarse.size and 1 + np.count_nonzero(np.diff(coarse)) > most:
             bits -= 1
-            keys_, weights = _sum_by_key([_coarsen(keys_, 1)], [weights])
+            coarse = _coarsen(keys_, self.bits - bits)  # sorted still: coarsening keeps the order
+        if bits != self.bits:
+            starts = np.flatnonzero(np.diff(coarse, prepend=coarse[0] - 1))
+            keys_, weights = coarse[starts], np.add.reduceat(weights, starts)
         out.bits, out._sparse_keys, out._sparse_weights = bits, keys_, weights
         if keys_.size > most:
             out._collapse(most)
