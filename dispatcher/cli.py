@@ -520,8 +520,9 @@ def report(
     redis_url: str | None,
     queue: str,
 ) -> int:
-    """The statistics workers gathered while scoring BATCH (features, prediction), and with
-    --reference their drift from another batch: PSI, KS, nulls, values outside its range."""
+    """The statistics workers gathered while scoring BATCH (features, prediction; gathered unless it
+    was dispatched with --no-stats), and with --reference their drift from another batch: PSI, KS,
+    nulls, values outside its range."""
     from dispatcher.report import report as make_report
 
     conn, _ = open_redis(redis_url, embedded_ok=True)

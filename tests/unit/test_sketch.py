@@ -247,3 +247,14 @@ def test_stored_entries_are_small_and_merge_at_the_coarser_resolution(redis):
     same(one, other)
     assert one.bits == coarse.bits and int(one.weights.sum()) == 10_000
     assert one.cdf(0.0) == pytest.approx(0.5, abs=0.02)
+
+
+def test_statistics_are_on_by_default_and_no_stats_turns_them_off():
+    from dispatcher.cli import cli
+    from dispatcher.serve.batches import DispatchOptions
+    from velosiped.api import DISPATCH_DEFAULTS
+
+    for command in ("run", "dispatch", "watch"):
+        option = next(p for p in cli.commands[command].params if p.name == "stats")
+        assert option.default is True and "--no-stats" in option.secondary_opts, command
+    assert DISPATCH_DEFAULTS["stats"] is True and DispatchOptions().stats is True
