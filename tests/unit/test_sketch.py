@@ -201,7 +201,8 @@ def test_big_files_bucket_a_systematic_sample_with_exact_moments():
         assert s.mean == pytest.approx(values.mean(), rel=1e-12) and s.variance == pytest.approx(values.var(), rel=1e-9)
         assert abs(int(s.weights.sum()) - s.count) <= STEP * CHUNK  # estimated counts, about the exact total
         at = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
-        assert s.cdf(at) == pytest.approx([0.05, 0.25, 0.5, 0.75, 0.95], abs=0.005), name
+        # as good as ~13,000 values bucketed: a share within 3 standard errors (0.0044 each), buckets aside
+        assert s.cdf(at) == pytest.approx([0.05, 0.25, 0.5, 0.75, 0.95], abs=0.015), name
     # a small file is bucketed whole: its counts exact
     small = Stats(["a"])
     small.update(rng.normal(size=(1, EXACT_ROWS)), np.zeros(EXACT_ROWS))
@@ -258,3 +259,20 @@ def test_statistics_are_on_by_default_and_no_stats_turns_them_off():
         option = next(p for p in cli.commands[command].params if p.name == "stats")
         assert option.default is True and "--no-stats" in option.secondary_opts, command
     assert DISPATCH_DEFAULTS["stats"] is True and DispatchOptions().stats is True
+
+
+def test_a_column_null_at_first_is_still_bucketed_and_stored():
+    from velosiped.sketch import EXACT_ROWS
+
+    x = np.random.default_rng(9).normal(size=(2, 3 * EXACT_ROWS))
+    x[1, : 2 * EXACT_ROWS] = np.nan  # values only after EXACT_ROWS rows of nulls
+    stats = Stats()
+    stats.start(["a", "late"], labels=False)
+    for block in np.array_split(np.arange(x.shape[1]), 9):
+        stats.update(x[:, block], x[0, block])
+    late = Stats.from_json(stats.to_json(64)).features["late"]
+    assert (late.count, late.nulls) == (EXACT_ROWS, 2 * EXACT_ROWS)
+    assert int(late.weights.sum()) == EXACT_ROWS  # its first EXACT_ROWS values all bucketed
+    assert late.cdf(0.0) == pytest.approx(np.mean(x[1, 2 * EXACT_ROWS :] <= 0), abs=0.02)
+    empty = Sketch.from_dict({"n": 3, "nulls": 0, "min": 0.0, "max": 1.0, "mean": 0.5, "m2": 0.5})
+    assert np.isnan(empty.quantile(0.5)) and np.isnan(empty.cdf(0.5))  # moments without buckets: no crash
