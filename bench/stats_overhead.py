@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -34,24 +35,29 @@ from velosiped.sketch import STORED_BUCKETS, Stats
 from worker.scoring import score_stream
 
 
-def score(path: Path, model: object, stats: Stats | None) -> float:
-    started = time.perf_counter()
+def score(path: Path, model: object, stats: Stats | None) -> tuple[float, float]:
+    """Wall and CPU seconds (this process's, every thread's) of scoring ``path`` once."""
+    started, cpu = time.perf_counter(), time.process_time()
     with open(path, "rb") as src:
         score_stream(src, io.BytesIO(), model, name=str(path), stats=stats)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
-def measure(path: Path, model: object, reps: int) -> tuple[float, float, Stats]:
-    """Median seconds without and with statistics, runs interleaved; the last run's statistics."""
+def measure(path: Path, model: object, reps: int) -> tuple[tuple[float, float], tuple[float, float], Stats]:
+    """Median (wall, CPU) seconds without and with statistics, runs interleaved; the last run's statistics."""
     score(path, model, Stats())  # warm: page cache, imports, the model's first call
-    off: list[float] = []
-    on: list[float] = []
+    off: list[tuple[float, float]] = []
+    on: list[tuple[float, float]] = []
     stats = Stats()
     for _ in range(reps):
         off.append(score(path, model, None))
         stats = Stats()
         on.append(score(path, model, stats))
-    return statistics.median(off), statistics.median(on), stats
+    return _medians(off), _medians(on), stats
+
+
+def _medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def report_seconds(stats: Stats, files: int) -> tuple[float, float]:
@@ -111,6 +117,12 @@ def redis_bytes(rows: tuple[int, ...] = (10, 1_000, 200_000)) -> list[str]:
     return lines
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the child processes waited for so far (`velo run` and its workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def end_to_end(model: str, reps: int) -> tuple[list[str], float]:
     """`velo run --workers 2` on the 8 x 200,000 set with and without statistics, interleaved; the
     table's lines, and the overhead end to end (a ratio less one)."""
@@ -118,12 +130,14 @@ def end_to_end(model: str, reps: int) -> tuple[list[str], float]:
     runs = {"with statistics (the default)": velo_run(2), "`--no-stats`": velo_run(2, "--no-stats")}
     wall: dict[str, list[float]] = {name: [] for name in runs}
     inner: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps):
         for name in list(runs) if rep % 2 == 0 else list(runs)[::-1]:
             clean(paths)
-            started = time.perf_counter()
+            started, used = time.perf_counter(), children_cpu()
             after_startup = runs[name](paths, models[model])
             wall[name].append(time.perf_counter() - started)
+            cpu[name].append(children_cpu() - used)
             inner[name].append(after_startup() if callable(after_startup) else float(after_startup or 0))
             print(
                 f"velo run rep {rep + 1}/{reps} {name}: {wall[name][-1]:.2f} s, {inner[name][-1]:.2f} s after start-up",
@@ -133,19 +147,24 @@ def end_to_end(model: str, reps: int) -> tuple[list[str], float]:
     on, off = runs
     rows = 8 * 200_000
     lines = [
-        "| `velo run --workers 2`, 8 × 200,000 rows | end to end s (min-max) | rows/s | after start-up s | rows/s |",
-        "|---|---:|---:|---:|---:|",
+        "| `velo run --workers 2`, 8 × 200,000 rows | end to end s (min-max) | rows/s | after start-up s (min-max) "
+        "| rows/s | CPU s, every process (min-max) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name in (off, on):
-        w, i = statistics.median(wall[name]), statistics.median(inner[name])
+        w, i, c = statistics.median(wall[name]), statistics.median(inner[name]), statistics.median(cpu[name])
         lines.append(
             f"| {name} | {w:.2f} ({min(wall[name]):.2f}-{max(wall[name]):.2f}) | {rows / w:,.0f} "
-            f"| {i:.2f} | {rows / i:,.0f} |"
+            f"| {i:.2f} ({min(inner[name]):.2f}-{max(inner[name]):.2f}) | {rows / i:,.0f} "
+            f"| {c:.2f} ({min(cpu[name]):.2f}-{max(cpu[name]):.2f}) |"
         )
-    overhead = statistics.median(wall[on]) / statistics.median(wall[off]) - 1
-    after = statistics.median(inner[on]) / statistics.median(inner[off]) - 1
-    lines.append(f"| overhead of statistics | **{overhead * 100:+.1f} %** | | **{after * 100:+.1f} %** | |")
-    return lines, overhead
+    ratios = [statistics.median(d[on]) / statistics.median(d[off]) - 1 for d in (wall, inner, cpu)]
+    lines.append(
+        "| overhead of statistics | **{:+.1f} %** | | **{:+.1f} %** | | **{:+.1f} %** |".format(
+            *(r * 100 for r in ratios)
+        )
+    )
+    return lines, ratios[0]
 
 
 def main() -> None:
@@ -162,14 +181,18 @@ def main() -> None:
     names = args.models.split(",")
     paths, models = make_data(args.data / f"rows-{args.rows}", 1, args.rows, names)
     table = [
-        "| model | without statistics (`--no-stats`) | with statistics (the default) | overhead |",
-        "|---|---:|---:|---:|",
+        "| model | without statistics (`--no-stats`), wall | with statistics (the default), wall | overhead, wall "
+        "| without, CPU | with, CPU | overhead, CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     stats = Stats()
     for name in names:
-        t_off, t_on, stats = measure(paths[0], joblib.load(models[name]), args.reps)
+        (t_off, c_off), (t_on, c_on), stats = measure(paths[0], joblib.load(models[name]), args.reps)
         off, on = (f"{t:.3f} s ({args.rows / t:,.0f} rows/s)" for t in (t_off, t_on))
-        table.append(f"| {name} | {off} | {on} | **{(t_on / t_off - 1) * 100:+.1f} %** |")
+        table.append(
+            f"| {name} | {off} | {on} | **{(t_on / t_off - 1) * 100:+.1f} %** | {c_off:.3f} s | {c_on:.3f} s "
+            f"| **{(c_on / c_off - 1) * 100:+.1f} %** |"
+        )
     run_lines, overhead = end_to_end(args.run_model, args.run_reps) if args.run_reps else ([], None)
     sizes = redis_bytes()
     cold, warm = report_seconds(stats, args.files)
