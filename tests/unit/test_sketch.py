@@ -276,3 +276,15 @@ def test_a_column_null_at_first_is_still_bucketed_and_stored():
     assert late.cdf(0.0) == pytest.approx(np.mean(x[1, 2 * EXACT_ROWS :] <= 0), abs=0.02)
     empty = Sketch.from_dict({"n": 3, "nulls": 0, "min": 0.0, "max": 1.0, "mean": 0.5, "m2": 0.5})
     assert np.isnan(empty.quantile(0.5)) and np.isnan(empty.cdf(0.5))  # moments without buckets: no crash
+
+
+def test_class_labels_counted_as_before_whatever_their_type():
+    for prediction, want in (
+        (np.array([3, 1, 3, -2, 70_000]), {"-2": 1, "1": 1, "3": 2, "70000": 1}),
+        (np.array([True, False, True]), {"False": 1, "True": 2}),
+        (np.array(["b", "a", "b"], dtype=object), {"a": 1, "b": 2}),
+        (np.array([1, "a"], dtype=object), {"1": 1, "a": 1}),
+    ):
+        stats = Stats(["x"], labels=True)
+        stats.update([np.zeros(len(prediction))], prediction)
+        assert stats.classes == want
