@@ -28,6 +28,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from bench.bench import ROOT, clean, make_data, velo_run
 from bench.common import machine, private_redis, wall_time, write_section
@@ -123,9 +124,10 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def end_to_end(model: str, reps: int) -> tuple[list[str], float]:
+def end_to_end(model: str, reps: int) -> tuple[list[str], float, float]:
     """`velo run --workers 2` on the 8 x 200,000 set with and without statistics, interleaved; the
-    table's lines, and the overhead end to end (a ratio less one)."""
+    table's lines, the overhead end to end (a ratio less one), and the widest spread of one way's
+    runs (max - min, a share of its median)."""
     paths, models = make_data(ROOT / "bench" / "data" / "8x200000", 8, 200_000, [model])
     runs = {"with statistics (the default)": velo_run(2), "`--no-stats`": velo_run(2, "--no-stats")}
     wall: dict[str, list[float]] = {name: [] for name in runs}
@@ -159,12 +161,13 @@ def end_to_end(model: str, reps: int) -> tuple[list[str], float]:
             f"| {c:.2f} ({min(cpu[name]):.2f}-{max(cpu[name]):.2f}) |"
         )
     ratios = [statistics.median(d[on]) / statistics.median(d[off]) - 1 for d in (wall, inner, cpu)]
+    spread = max((max(wall[name]) - min(wall[name])) / statistics.median(wall[name]) for name in runs)
     lines.append(
         "| overhead of statistics | **{:+.1f} %** | | **{:+.1f} %** | | **{:+.1f} %** |".format(
             *(r * 100 for r in ratios)
         )
     )
-    return lines, ratios[0]
+    return lines, ratios[0], spread
 
 
 def main() -> None:
@@ -187,13 +190,15 @@ def main() -> None:
     ]
     stats = Stats()
     for name in names:
-        (t_off, c_off), (t_on, c_on), stats = measure(paths[0], joblib.load(models[name]), args.reps)
+        with threadpool_limits(1):  # one thread each, as a worker of `--processes` = cores has: OpenMP
+            # threads spinning for a core others hold would measure the machine's load, not the statistics
+            (t_off, c_off), (t_on, c_on), stats = measure(paths[0], joblib.load(models[name]), args.reps)
         off, on = (f"{t:.3f} s ({args.rows / t:,.0f} rows/s)" for t in (t_off, t_on))
         table.append(
             f"| {name} | {off} | {on} | **{(t_on / t_off - 1) * 100:+.1f} %** | {c_off:.3f} s | {c_on:.3f} s "
             f"| **{(c_on / c_off - 1) * 100:+.1f} %** |"
         )
-    run_lines, overhead = end_to_end(args.run_model, args.run_reps) if args.run_reps else ([], None)
+    run_lines, overhead, spread = end_to_end(args.run_model, args.run_reps) if args.run_reps else ([], 0.0, 0.0)
     sizes = redis_bytes()
     cold, warm = report_seconds(stats, args.files)
 
@@ -208,7 +213,13 @@ def main() -> None:
         f"`{command}` (part of `make bench`).",
     ]
     if run_lines:
-        verdict = "met" if overhead is not None and overhead <= 0.03 else "**missed**"
+        verdict = "met" if overhead <= 0.03 else f"**missed** by {(overhead - 0.03) * 100:.1f} points"
+        if spread > 0.03:
+            verdict += (
+                f" on the medians; but one way's runs spread over {spread * 100:.0f} % of their median, wider than "
+                "the target, so this verdict is within the machine's noise: the CPU column (every process's "
+                "CPU seconds) is the steadier measure"
+            )
         lines += [
             "",
             f"End to end, the target (≤ 3 % of scoring throughput): `velo run --workers 2` on `bench.bench`'s "
