@@ -694,13 +694,15 @@ class Stats:
             d["prediction"] = packed(self.prediction)
         if self.classes:
             d["classes"] = self.classes
+        if any("r" in f for f in (*d["features"].values(), d.get("prediction", {}))):
+            d["v"] = 2  # coarser buckets: a reader of version 1 only would misread their keys, so it refuses
         return json.dumps(d, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Stats:
         d = json.loads(text)
-        if not isinstance(d, dict) or d.get("v") != 1:
-            raise ValueError("not a version 1 statistics object")
+        if not isinstance(d, dict) or d.get("v") not in (1, 2):
+            raise ValueError("not a version 1 or 2 statistics object")
         s = cls(labels=bool(d.get("labels")))
         s.rows, s.files = int(d["rows"]), int(d.get("files", 0))
         s.features = {name: Sketch.from_dict(f) for name, f in d["features"].items()}

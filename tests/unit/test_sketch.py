@@ -288,3 +288,15 @@ def test_class_labels_counted_as_before_whatever_their_type():
         stats = Stats(["x"], labels=True)
         stats.update([np.zeros(len(prediction))], prediction)
         assert stats.classes == want
+
+
+def test_entries_with_coarser_buckets_are_version_2_older_ones_still_read():
+    stats = Stats()
+    stats.start(["a"], labels=False)
+    stats.update([np.random.default_rng(10).normal(size=5_000)], np.zeros(5_000))
+    assert '"v":1' in stats.to_json()  # full resolution: as before
+    compact = stats.to_json(64)
+    assert '"v":2' in compact  # coarser buckets: a reader of version 1 refuses it rather than misread it
+    assert Stats.from_json(compact).features["a"].bits < Stats.from_json(stats.to_json()).features["a"].bits
+    with pytest.raises(ValueError, match="version"):
+        Stats.from_json(compact.replace('"v":2', '"v":3'))
