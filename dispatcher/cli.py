@@ -537,9 +537,9 @@ def report(
     redis_url: str | None,
     queue: str,
 ) -> int:
-    """The statistics workers gathered while scoring BATCH (features, prediction), and with
-    --reference their drift from another batch (or with --reference-profile from a profile made by
-    `velo profile`): PSI, KS, nulls, values outside its range."""
+    """The statistics workers gathered while scoring BATCH (features, prediction; gathered unless it
+    was dispatched with --no-stats), and with --reference their drift from another batch (or with
+    --reference-profile from a profile made by `velo profile`): PSI, KS, nulls, values outside its range."""
     from dispatcher.report import report as make_report
 
     if reference and reference_profile:

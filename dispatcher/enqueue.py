@@ -94,7 +94,7 @@ def payload_for(item: Planned, opts: Options, batch_id: str) -> Payload:
         "encoding": opts.encoding,
         "batch": batch_id,
     }
-    if opts.stats:  # only then: the options of a batch without statistics are what they were before
+    if opts.stats:  # only then: a payload without the field (as jobs enqueued before it existed) gathers none
         payload["stats"] = True
     if opts.shadow and item.shadow_output:  # likewise: a batch without a challenger names none
         payload["shadow"] = opts.shadow

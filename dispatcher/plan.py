@@ -42,8 +42,8 @@ class Options:
     model_sha256: str | None = None
     shard_size: int = 0
     """Plain CSVs above this many bytes are split into shards scored apart (0: never)."""
-    stats: bool = False
-    """Gather each file's statistics while scoring it, for `velo report` (``--stats``)."""
+    stats: bool = True
+    """Gather each file's statistics while scoring it, for `velo report` (on unless ``--no-stats``)."""
     shadow: str | None = None
     """A challenger model scored on the same read (``--shadow``); its outputs go under ``shadow_output``."""
     shadow_version: str | None = None

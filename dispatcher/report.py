@@ -209,7 +209,7 @@ def _load(redis: Any, batch: str) -> Stats:
     stats = load_batch(redis, batch)
     if not stats.files:
         raise ConfigError(
-            f"batch {batch!r} has no statistics: no file of it is done yet, or it was dispatched without --stats"
+            f"batch {batch!r} has no statistics: no file of it is done yet, or it was dispatched with --no-stats"
         )
     return stats
 

@@ -37,7 +37,7 @@ DISPATCH_DEFAULTS: dict[str, Any] = {
     "sep": ",",
     "encoding": "utf-8",
     "shard_size": "0",
-    "stats": False,
+    "stats": True,
     "shadow": None,
     "shadow_output": None,
     "shadow_sha256": None,

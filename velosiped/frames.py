@@ -26,6 +26,7 @@ __all__ = [
     "one_line",
     "predict_block",
     "run_model",
+    "stacked",
     "to_numbers",
 ]
 
@@ -75,11 +76,20 @@ class FeatureSpec:
         row number, for messages)."""
         return [to_numbers(batch.column(c), c, name, first_row) for c in self.columns]
 
-    def model_input(self, cols: list[np.ndarray], rows: int) -> Any:
-        """Feature columns as the model takes them: a DataFrame when it knows names, else an array."""
+    def model_input(self, cols: list[np.ndarray] | np.ndarray, rows: int) -> Any:
+        """Feature columns (or their matrix, a column a row: see :func:`stacked`) as the model takes
+        them: a DataFrame when it knows names, else an array (a row a row)."""
+        matrix = cols if isinstance(cols, np.ndarray) else stacked(cols, rows)
         if self.model_names is None:
-            return np.column_stack(cols) if cols else np.empty((rows, 0))
-        return pd.DataFrame(dict(zip(self.model_names, cols, strict=True)), copy=False)
+            return np.ascontiguousarray(matrix.T)
+        # One 2D block: the DataFrame holds the matrix as it is, and the model's np.asarray of it is
+        # a view (from a dict of columns, pandas would copy them into such a matrix itself)
+        return pd.DataFrame(matrix.T, columns=self.model_names, copy=False)
+
+
+def stacked(cols: Sequence[np.ndarray], rows: int) -> np.ndarray:
+    """Feature columns as one float64 matrix, a column a row (each column's values contiguous)."""
+    return np.stack(cols).astype(np.float64, copy=False) if len(cols) else np.empty((0, rows))
 
 
 def to_numbers(column: pa.ChunkedArray | pa.Array, col: str, name: str, first_row: int = 1) -> np.ndarray:
@@ -134,17 +144,17 @@ def predict_block(
     """One block scored; with ``stats``, its features and predictions are added to them. ``also``
     (a challenger's, see worker.shadow) is then called with the block, its feature columns, the
     model's input, predictions and probabilities, and ``rows``, ``name``."""
-    columns = spec.numbers(batch, name, rows + 1)
+    matrix = stacked(spec.numbers(batch, name, rows + 1), batch.num_rows)
     if stats is not None:  # before predict: a model's thread pool, still spinning after it, would slow this
-        stats.update_features(columns)
-    x = spec.model_input(columns, batch.num_rows)
+        stats.update_features(matrix)
+    x = spec.model_input(matrix, batch.num_rows)
     prediction, probabilities = run_model(
         model, x, bool(classes), f"{name}: model rejected rows {rows + 1}-{rows + batch.num_rows}"
     )
     if stats is not None:
         stats.update_prediction(prediction)
     if also is not None:
-        also(batch, columns, x, prediction, probabilities, rows, name)
+        also(batch, list(matrix), x, prediction, probabilities, rows, name)
     return assemble(batch, kept, prediction, probabilities, names)
 
 

@@ -70,7 +70,8 @@ class Payload(_Required, total=False):
     shard: Shard | None
     """Absent or None: the whole file (jobs from before sharding still validate)."""
     stats: bool | None
-    """True: gather statistics while scoring (`--stats`); absent, None or False: do not."""
+    """True: gather statistics while scoring (the default; `--no-stats` leaves it out); absent (a
+    job enqueued by a version that gathered none by default), None or False: do not."""
     shadow: str | None
     """A challenger model (`--shadow`) scored on the same read; with ``shadow_version``,
     ``shadow_sha256`` and ``shadow_output`` (where its output goes). Absent or None: none."""

@@ -38,7 +38,7 @@ class DispatchOptions(BaseModel):
     sep: str = ","
     encoding: str = "utf-8"
     shard_size: str = "0"
-    stats: bool = False
+    stats: bool = True
     shadow: str | None = None
     shadow_output: str | None = None
     shadow_sha256: str | None = None

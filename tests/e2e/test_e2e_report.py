@@ -21,7 +21,7 @@ def batch_of(velo, folder: Path, model: Path, seed: int, shift: float = 0.0, *ex
         frame = make_frame(ROWS, FEATURES, seed=seed + i)
         frame[SHIFTED] += shift
         write_csv(folder / f"part-{i}.csv", frame)
-    run = velo("run", folder, "--model", model, "--workers", "2", "--stats", *extra, timeout=180)
+    run = velo("run", folder, "--model", model, "--workers", "2", *extra, timeout=180)  # statistics by default
     assert run.returncode == 0, velo.describe(run)
     return find_dispatch_line(run.stdout)[0]
 
@@ -72,5 +72,5 @@ def test_no_stats_and_unknown_batches(velo, tmp_path):
     run = velo("run", tmp_path / "d", "--model", model, "--no-stats", check=0)
     batch = find_dispatch_line(run.stdout)[0]
     failed = velo("report", batch, check=2)
-    assert "no statistics" in failed.stderr and "without --stats" in failed.stderr
+    assert "no statistics" in failed.stderr and "with --no-stats" in failed.stderr
     assert "no batch 'nope'" in velo("report", "nope", check=2).stderr

@@ -167,3 +167,136 @@ def test_payload_stats_option():
     assert "stats" not in validate(dict(base))
     with pytest.raises(Exception, match="stats"):
         validate({**base, "stats": "no"})
+
+
+def test_big_files_bucket_a_systematic_sample_with_exact_moments():
+    from velosiped.sketch import CHUNK, EXACT_ROWS, STEP, _sample
+
+    # Which rows are bucketed, and how much each counts, whatever the blocks: the first
+    # EXACT_ROWS, then a run of CHUNK rows every STEP * CHUNK
+    for start in (0, 100, EXACT_ROWS - 1, EXACT_ROWS, EXACT_ROWS + CHUNK - 1, EXACT_ROWS + STEP * CHUNK, 50_001):
+        for n in (1, CHUNK - 1, CHUNK + 1, 1_000, 11_000):
+            rows = np.arange(start, start + n, dtype=float)
+            got = sorted((int(v), w) for part, w in _sample(rows[None, :], start) for v in part.ravel())
+            want = [
+                (int(r), 1 if r < EXACT_ROWS else STEP)
+                for r in rows
+                if r < EXACT_ROWS or (r - EXACT_ROWS) % (STEP * CHUNK) < CHUNK
+            ]
+            assert got == want, (start, n)
+
+    # A file sorted by one feature, in blocks: the moments exact, the histogram's shares within 0.5 %
+    rng = np.random.default_rng(7)
+    n = 200_000
+    x = np.stack([np.sort(rng.normal(size=n)), rng.exponential(size=n), rng.normal(5, 2, size=n)])
+    x[2, ::1000] = np.nan
+    stats = Stats()
+    stats.start(["sorted", "exp", "nulls"], labels=True)
+    for block in np.array_split(np.arange(n), 17):
+        stats.update(x[:, block], (x[0, block] > 0).astype(int))
+    for name, column in zip(stats.features, x, strict=True):
+        s, values = stats.features[name], column[~np.isnan(column)]
+        assert s.count == values.size and s.nulls == n - values.size
+        assert (s.min, s.max) == (values.min(), values.max())
+        assert s.mean == pytest.approx(values.mean(), rel=1e-12) and s.variance == pytest.approx(values.var(), rel=1e-9)
+        assert abs(int(s.weights.sum()) - s.count) <= STEP * CHUNK  # estimated counts, about the exact total
+        at = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
+        # as good as ~13,000 values bucketed: a share within 3 standard errors (0.0044 each), buckets aside
+        assert s.cdf(at) == pytest.approx([0.05, 0.25, 0.5, 0.75, 0.95], abs=0.015), name
+    # a small file is bucketed whole: its counts exact
+    small = Stats(["a"])
+    small.update(rng.normal(size=(1, EXACT_ROWS)), np.zeros(EXACT_ROWS))
+    assert int(small.features["a"].weights.sum()) == EXACT_ROWS
+
+
+def test_stored_entries_are_small_and_merge_at_the_coarser_resolution(redis):
+    from velosiped.sketch import MIN_STORED_BITS, STORED_BUCKETS
+
+    rng = np.random.default_rng(8)
+    redis.hset(keys.batch("b"), mapping={"total": 3})
+    sizes = {}
+    for rows in (10, 1_000, 200_000):
+        stats = Stats()
+        stats.start([f"f{i}" for i in range(20)], labels=True)
+        for block in np.array_split(np.arange(rows), max(rows // 11_000, 1)):
+            x = rng.normal(size=(20, block.size)).round(6)
+            stats.update(x, (x[0] > 0).astype(int))
+        assert store(redis, "b", f"/d/{rows}.csv", stats)
+        raw = redis.hget(keys.batch_stats("b"), f"/d/{rows}.csv")
+        sizes[rows] = len(raw)
+        back = Stats.from_json(raw)
+        for name, sketch in back.features.items():
+            assert sketch.keys.size <= STORED_BUCKETS and sketch.bits >= MIN_STORED_BITS
+            assert (sketch.count, sketch.min, sketch.max) == (rows, stats.features[name].min, stats.features[name].max)
+            assert sketch.mean == stats.features[name].mean and sketch.m2 == stats.features[name].m2
+            assert sketch.quantile(0.5) == pytest.approx(stats.features[name].quantile(0.5), abs=0.1)
+    # 20 features: a 10-row file's entry a few KB, a 200,000-row file's well under the 57 KB it was
+    assert sizes[10] < 4_000 and sizes[1_000] < 9_000 and sizes[200_000] < 16_000, sizes
+    # Stored again (a file scored again), a file's entry replaces its own: never counted twice
+    store(redis, "b", "/d/10.csv", Stats.from_json(redis.hget(keys.batch_stats("b"), "/d/10.csv")))
+    merged = load_batch(redis, "b")
+    assert merged.features["f0"].count == 201_010 and merged.files == 3
+    assert merged.features["f0"].bits == min(
+        Stats.from_json(raw).features["f0"].bits
+        for f, raw in redis.hgetall(keys.batch_stats("b")).items()
+        if not f.startswith(b"velo:")
+    )
+    # Coarser buckets merge with finer ones at the coarser resolution, in any order
+    fine, coarse = sketch_of(rng.normal(size=5_000)), sketch_of(rng.normal(size=5_000)).compacted(64)
+    assert coarse.bits < fine.bits and coarse.keys.size <= 64
+    one, other = Sketch().merge(fine).merge(coarse), Sketch().merge(coarse).merge(fine)
+    same(one, other)
+    assert one.bits == coarse.bits and int(one.weights.sum()) == 10_000
+    assert one.cdf(0.0) == pytest.approx(0.5, abs=0.02)
+
+
+def test_statistics_are_on_by_default_and_no_stats_turns_them_off():
+    from dispatcher.cli import cli
+    from dispatcher.serve.batches import DispatchOptions
+    from velosiped.api import DISPATCH_DEFAULTS
+
+    for command in ("run", "dispatch", "watch"):
+        option = next(p for p in cli.commands[command].params if p.name == "stats")
+        assert option.default is True and "--no-stats" in option.secondary_opts, command
+    assert DISPATCH_DEFAULTS["stats"] is True and DispatchOptions().stats is True
+
+
+def test_a_column_null_at_first_is_still_bucketed_and_stored():
+    from velosiped.sketch import EXACT_ROWS
+
+    x = np.random.default_rng(9).normal(size=(2, 3 * EXACT_ROWS))
+    x[1, : 2 * EXACT_ROWS] = np.nan  # values only after EXACT_ROWS rows of nulls
+    stats = Stats()
+    stats.start(["a", "late"], labels=False)
+    for block in np.array_split(np.arange(x.shape[1]), 9):
+        stats.update(x[:, block], x[0, block])
+    late = Stats.from_json(stats.to_json(64)).features["late"]
+    assert (late.count, late.nulls) == (EXACT_ROWS, 2 * EXACT_ROWS)
+    assert int(late.weights.sum()) == EXACT_ROWS  # its first EXACT_ROWS values all bucketed
+    assert late.cdf(0.0) == pytest.approx(np.mean(x[1, 2 * EXACT_ROWS :] <= 0), abs=0.02)
+    empty = Sketch.from_dict({"n": 3, "nulls": 0, "min": 0.0, "max": 1.0, "mean": 0.5, "m2": 0.5})
+    assert np.isnan(empty.quantile(0.5)) and np.isnan(empty.cdf(0.5))  # moments without buckets: no crash
+
+
+def test_class_labels_counted_as_before_whatever_their_type():
+    for prediction, want in (
+        (np.array([3, 1, 3, -2, 70_000]), {"-2": 1, "1": 1, "3": 2, "70000": 1}),
+        (np.array([True, False, True]), {"False": 1, "True": 2}),
+        (np.array(["b", "a", "b"], dtype=object), {"a": 1, "b": 2}),
+        (np.array([1, "a"], dtype=object), {"1": 1, "a": 1}),
+    ):
+        stats = Stats(["x"], labels=True)
+        stats.update([np.zeros(len(prediction))], prediction)
+        assert stats.classes == want
+
+
+def test_entries_with_coarser_buckets_are_version_2_older_ones_still_read():
+    stats = Stats()
+    stats.start(["a"], labels=False)
+    stats.update([np.random.default_rng(10).normal(size=5_000)], np.zeros(5_000))
+    assert '"v":1' in stats.to_json()  # full resolution: as before
+    compact = stats.to_json(64)
+    assert '"v":2' in compact  # coarser buckets: a reader of version 1 refuses it rather than misread it
+    assert Stats.from_json(compact).features["a"].bits < Stats.from_json(stats.to_json()).features["a"].bits
+    with pytest.raises(ValueError, match="version"):
+        Stats.from_json(compact.replace('"v":2', '"v":3'))
