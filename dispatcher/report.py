@@ -12,6 +12,13 @@ and KS is also beyond the two-sample critical value at alpha = 0.001 (so a small
 drift by chance). The prediction drifts by the same rule on its sketch, or, for class labels, when
 the PSI of the class shares is >= ``threshold``.
 
+The histogram's buckets are relative to a value's magnitude, so a feature whose spread is tiny
+beside its values (a year, 2020 ± 3; a timestamp; a latitude) falls into a few buckets, where a
+histogram sees no shift. When the reference's middle 90 % spans fewer than ``MIN_BUCKETS``
+buckets, KS is also estimated from the exact moments, as the KS distance between two normal laws
+with the batches' means and standard deviations, and the larger estimate is kept
+(``"resolution": "moments"`` in the JSON).
+
 A batch scored with ``--shadow`` adds "champion vs challenger" (velosiped.comparison): rows compared,
 agreement rate and the confusion of the two models' labels, mean and max |Δproba| (or |Δprediction|
 for regressors), and the features whose distribution on the rows where the labels differ is the
@@ -51,6 +58,9 @@ KS_ALPHA_C = 1.949
 
 TOP_FEATURES = 10
 """Features shown where champion and challenger disagree, most different first."""
+
+MIN_BUCKETS = 8
+"""Buckets the reference's middle 90 % must span for its histogram to judge it alone."""
 
 BINS = 10
 FLOOR = 1e-4
@@ -99,10 +109,49 @@ def drift(cur: Sketch, ref: Sketch, threshold: float) -> dict[str, Any]:
     value = psi(_shares(cur, edges), _shares(ref, edges))
     points = np.union1d(cur.values(), ref.values())
     ks = float(np.max(np.abs(cur.cdf(points) - ref.cdf(points))))
+    coarse = _coarse(ref)
+    if coarse:
+        ks = max(ks, normal_ks(cur.mean, cur.std, ref.mean, ref.std))
     critical = KS_ALPHA_C * math.sqrt((cur.count + ref.count) / (cur.count * ref.count))
     outside = (cur.cdf(np.nextafter(ref.min, -np.inf)) + 1.0 - cur.cdf(ref.max)) if cur.count else 0.0
     drifted = value >= threshold or (ks >= KS_THRESHOLD and ks > critical)
-    return {"psi": value, "ks": ks, "ks_critical": critical, "outside": float(outside), "drift": bool(drifted)}
+    found: dict[str, Any] = {
+        "psi": value,
+        "ks": ks,
+        "ks_critical": critical,
+        "outside": float(outside),
+        "drift": bool(drifted),
+    }
+    if coarse:
+        found["resolution"] = "moments"
+    return found
+
+
+def _coarse(ref: Sketch) -> bool:
+    """Whether the reference's middle 90 % falls into too few buckets for its histogram to see a shift."""
+    low, high = ref.quantile([0.05, 0.95])
+    values = ref.values()
+    return int(np.count_nonzero((values >= low) & (values <= high))) < MIN_BUCKETS
+
+
+def normal_ks(mean: float, std: float, ref_mean: float, ref_std: float) -> float:
+    """The KS distance between N(mean, std) and N(ref_mean, ref_std): the largest gap of their CDFs."""
+    if not all(math.isfinite(x) for x in (mean, std, ref_mean, ref_std)):
+        return 0.0
+    if std <= 0 or ref_std <= 0:
+        return 0.0 if mean == ref_mean and std == ref_std else 1.0
+    # The CDFs' gap is largest where their densities cross: at most two points, found in closed form
+    # (one when the spreads are equal); the gap is checked there.
+    points = [(mean + ref_mean) / 2]
+    if not math.isclose(std, ref_std):
+        a = 1 / ref_std**2 - 1 / std**2
+        b = 2 * (mean / std**2 - ref_mean / ref_std**2)
+        c = ref_mean**2 / ref_std**2 - mean**2 / std**2 - 2 * math.log(std / ref_std)
+        disc = b * b - 4 * a * c
+        if disc >= 0:
+            points = [(-b + sign * math.sqrt(disc)) / (2 * a) for sign in (1, -1)]
+    phi = lambda x, m, s: 0.5 * (1 + math.erf((x - m) / (s * math.sqrt(2))))  # noqa: E731
+    return max(abs(phi(x, mean, std) - phi(x, ref_mean, ref_std)) for x in points)
 
 
 def _class_drift(cur: dict[str, int], ref: dict[str, int], threshold: float) -> dict[str, Any]:

@@ -52,3 +52,36 @@ def test_alone_and_html_is_self_contained():
     ref = stats_of(1)
     page = render_html({"batch": "B", "reference": "R", **compare(cur, ref)}, cur, ref)
     assert page.count("<svg") == 3 and "DRIFT" in page and "http" not in page
+
+
+def year_like(seed: int, shift: float = 0.0, rows: int = 100_000) -> Stats:
+    """A feature whose spread is tiny beside its values (2020 ± 3), with a 0/1 flag beside it."""
+    rng = np.random.default_rng(seed)
+    s = Stats()
+    s.start(["year", "flag"], labels=True)
+    year = rng.normal(2020 + 3 * shift, 3, rows)
+    flag = (rng.random(rows) < 0.3).astype(float)
+    s.update([year, flag], (flag > 0).astype(int))
+    return Stats.from_json(s.to_json())  # as stored: the coarser buckets a batch keeps
+
+
+def test_a_shift_of_a_feature_with_a_tiny_spread_beside_its_values_is_seen_from_its_moments():
+    ref = year_like(1)
+    # 0.3 standard deviations of a year: all within two of the histogram's buckets, which see nothing
+    shifted = compare(year_like(2, shift=0.3), ref)
+    year = next(f for f in shifted["features"] if f["feature"] == "year")
+    assert shifted["drifted"] == ["year"] and year["resolution"] == "moments" and year["ks"] > 0.1
+    # And the same data resampled, and a 0/1 flag whose share holds, do not drift
+    calm = compare(year_like(3), ref)
+    assert calm["drifted"] == []
+    flag = next(f for f in calm["features"] if f["feature"] == "flag")
+    assert flag["ks"] < 0.02
+
+
+def test_the_normal_ks_distance():
+    from dispatcher.report import normal_ks
+
+    assert normal_ks(0, 1, 0, 1) == 0
+    assert abs(normal_ks(0.3, 1, 0, 1) - 0.1192) < 1e-3  # 2 Phi(0.15) - 1
+    assert abs(normal_ks(0, 2, 0, 1) - 0.1613) < 1e-3  # spread doubled: Phi(1.36) - Phi(0.68)
+    assert normal_ks(5, 0, 5, 0) == 0 and normal_ks(5, 0, 6, 0) == 1
