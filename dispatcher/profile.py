@@ -21,8 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from dispatcher.plan import DEFAULT_PATTERNS, is_output
 from velosiped import storage
-from velosiped.errors import ConfigError, InputError
-from velosiped.frames import one_line
+from velosiped.errors import ConfigError, InputError, one_line
 from velosiped.jobs import PARTS_SUFFIX
 from velosiped.models import version_of
 from velosiped.sketch import Stats

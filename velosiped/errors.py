@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["ConfigError", "FileFailed", "InputError", "StorageError", "TransientError", "VeloError", "redact", "scrub"]
+__all__ = [
+    "ConfigError",
+    "FileFailed",
+    "InputError",
+    "StorageError",
+    "TransientError",
+    "VeloError",
+    "one_line",
+    "redact",
+    "scrub",
+]
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
@@ -132,3 +142,9 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, (VeloError, redis.RedisError, click.ClickException)):
         return EXIT_USAGE
     return EXIT_SOFTWARE
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line, at most 300 characters (what a one-line message quotes of it)."""
+    text = " ".join(str(error).split())
+    return (text[:300] + "...") if len(text) > 300 else text

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from velosiped.errors import InputError
+from velosiped.errors import InputError, one_line
 from velosiped.sketch import Stats
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "assemble",
     "classes_of",
     "kept_columns",
-    "one_line",
     "predict_block",
     "run_model",
     "stacked",
@@ -180,8 +179,3 @@ def assemble(
     if probabilities is not None:
         arrays += [pa.array(probabilities[:, i]) for i in range(probabilities.shape[1])]
     return pa.Table.from_arrays(arrays, names=names)
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return (text[:300] + "...") if len(text) > 300 else text

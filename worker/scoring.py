@@ -22,8 +22,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from velosiped import settings, storage
-from velosiped.errors import InputError, TransientError
-from velosiped.frames import FeatureSpec, classes_of, kept_columns, one_line, predict_block
+from velosiped.errors import InputError, TransientError, one_line
+from velosiped.frames import FeatureSpec, classes_of, kept_columns, predict_block
 from velosiped.sketch import Stats
 from velosiped.storage import MAX_HEADER
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from velosiped import storage
 from velosiped.comparison import Comparison
-from velosiped.errors import InputError
-from velosiped.frames import FeatureSpec, assemble, classes_of, kept_columns, one_line, run_model, to_numbers
+from velosiped.errors import InputError, one_line
+from velosiped.frames import FeatureSpec, assemble, classes_of, kept_columns, run_model, to_numbers
 from velosiped.jobs import Payload, error_uri, payload_params, shadow_lineage
 
 __all__ = ["Challenger"]
