@@ -41,7 +41,10 @@ local function set_state(files, counters, errors, jobs, file, state, rows, err, 
   if state == 'running' and not redis.call('HGET', counters, 'started_at') then
     redis.call('HSET', counters, 'started_at', now)
   end
-  if state == 'done' or state == 'failed' then redis.call('HSET', counters, 'updated_at', now) end
+  if state == 'done' or state == 'failed' then
+    redis.call('HSET', counters, 'updated_at', now)
+    redis.call('PUBLISH', counters .. ':progress', state) -- wakes a waiting `velo run` (keys.batch_progress)
+  end
   local c = redis.call('HMGET', counters, 'total', 'done', 'failed', 'retention', 'options')
   local all = {files, counters, errors, jobs, counters .. ':stats'}
   if c[5] then all[6] = c[5] end -- (a missing field is false, not nil)
