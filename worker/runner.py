@@ -319,8 +319,13 @@ def fork_workers(
 
 def share_cores(processes: int) -> None:
     """Give each of ``processes`` workers its share of the cores for the model's own threads."""
-    os.environ.setdefault(models.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
+    _set_share(processes)
     models.limit_threads()  # libraries already loaded (a preloaded model); later ones at model load
+
+
+def _set_share(processes: int) -> None:
+    """``VELO_THREADS``, unless set: each of ``processes`` workers' share of the cores."""
+    os.environ.setdefault(models.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
 
 
 def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool, parent: int) -> None:
@@ -332,7 +337,7 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     _stop_with(parent)
     logs.configure("text")
     os.environ["REDIS_URL"] = url
-    share_cores(processes)
+    _set_share(processes)  # applied once, by run_workers (threadpoolctl looks at every library loaded: ~20 ms)
     VeloWorker.stop_on_interrupt = True  # this process is one `velo run` worker: Ctrl-C stops it now
     run_workers(redis_client(url), queue, url=url, processes=1, s3=s3)
 
