@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from velosiped.connection import _kill_and_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,3 +31,14 @@ def test_the_embedded_redis_starts_without_importing_pkg_resources() -> None:
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
     ).stdout.split()  # fmt: skip
     assert out == ["False", "pkg_resources"]
+
+
+def test_the_embedded_redis_is_stopped_without_polling_for_its_end() -> None:
+    # Given a process as the embedded redis-server would be
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = time.monotonic()
+    # When it is stopped as velo run's exit stops it
+    _kill_and_wait(proc.pid)
+    # Then it is gone when the call returns (its pidfd woke the wait), long before the 5 s limit
+    assert time.monotonic() - started < 2
+    assert proc.wait(timeout=1) == -signal.SIGKILL
