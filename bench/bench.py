@@ -116,12 +116,15 @@ def loop(name: str, processes: int) -> Contender:
     return run
 
 
-def velo_run(workers: int) -> Contender:
+def velo_run(workers: int | None) -> Contender:
+    """`velo run --workers N` (None: without --workers, as typed) on a fresh embedded Redis."""
+
     def run(paths: list[Path], model_path: Path) -> Callable[[], float]:
         state = tempfile.mkdtemp(prefix="velo-bench-")
         env = {**os.environ, "VELO_STATE_DIR": state}
         env.pop("REDIS_URL", None)
-        cmd = [str(BIN / "velo"), "run", str(paths[0].parent), "--model", str(model_path), "--workers", str(workers)]
+        cmd = [str(BIN / "velo"), "run", str(paths[0].parent), "--model", str(model_path)]
+        cmd += ["--workers", str(workers)] if workers is not None else []
         subprocess.run(cmd, env=env, check=True, capture_output=True)
 
         def after_startup() -> float:
