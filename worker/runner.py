@@ -307,6 +307,7 @@ def fork_workers(
     if s3:
         storage.preload()
     import worker.task  # noqa: F401  # the job's own modules (pyarrow.csv, scoring...): imported once, shared
+
     gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
     procs: list[multiprocessing.process.BaseProcess] = [
