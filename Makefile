@@ -53,6 +53,7 @@ bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk
 	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
 	            "bench.dispatch_scale --files 50000 --reps 3 --million" \
 	            "bench.overhead --files 1000 $(if $(FULL),--full)" \
+	            "bench.startup --reps 5" \
 	            "bench.big_file --size-mb 2000 --shard-mb 256 $(if $(FULL),--full)" \
 	            "bench.memory --size-gb 5 --s3-gb $(if $(FULL),1 --full,0.5)" \
 	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)" \

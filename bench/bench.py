@@ -116,14 +116,15 @@ def loop(name: str, processes: int) -> Contender:
     return run
 
 
-def velo_run(workers: int, *extra: str) -> Contender:
-    """`velo run --workers N` (and ``extra`` options) with an embedded Redis of its own."""
+def velo_run(workers: int | None, *extra: str) -> Contender:
+    """`velo run --workers N` (None: without --workers, as typed; and ``extra`` options) on a fresh embedded Redis."""
 
     def run(paths: list[Path], model_path: Path) -> Callable[[], float]:
         state = tempfile.mkdtemp(prefix="velo-bench-")
         env = {**os.environ, "VELO_STATE_DIR": state}
         env.pop("REDIS_URL", None)
-        cmd = [str(BIN / "velo"), "run", str(paths[0].parent), "--model", str(model_path), "--workers", str(workers)]
+        cmd = [str(BIN / "velo"), "run", str(paths[0].parent), "--model", str(model_path)]
+        cmd += ["--workers", str(workers)] if workers is not None else []
         cmd += extra
         subprocess.run(cmd, env=env, check=True, capture_output=True)
 

@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +41,7 @@ from dispatcher.options import (
     redis_option,
     serve_options,
 )
-from dispatcher.plan import Options, plan
+from dispatcher.plan import Options, Planned, plan
 from dispatcher.terminal import Interrupted, console, end, err_console, handle_errors
 from velosiped import logs, settings, storage
 from velosiped.connection import connect, describe_connection, embedded, state_dir
@@ -101,12 +102,14 @@ def do_dispatch(
     dry_run: bool,
     timeout: int,
     created: list[str] | None = None,
+    planned: list[Planned] | None = None,
 ) -> Batch | None:
-    """Plan and enqueue; in a dry run print each file's fate and return None.
+    """Plan (unless ``planned`` is the plan already made) and enqueue; in a dry run print each
+    file's fate and return None.
 
     ``created`` gets the batch's id as soon as it exists, before its files are enqueued (for
     `velo run`, which takes its jobs back off the queue on Ctrl-C)."""
-    planned = list(plan(source, opts))
+    planned = list(plan(source, opts)) if planned is None else planned
     if not planned:  # nothing to do is no error (exit 0), but say why
         patterns = ", ".join(opts.patterns)
         err_console.print(f"velo: no files matching {patterns} under {source}; check SOURCE or --pattern", markup=False)
@@ -221,6 +224,10 @@ def run_batch(
         Interrupted: Ctrl-C; the run's jobs are taken off the queue, its workers stopped.
         ConfigError: the workers stopped before the batch finished.
     """
+    # SOURCE is listed and planned (read only: nothing is enqueued before the model is known to
+    # load) while the embedded Redis starts and the model loads: an S3 listing's round trips cost
+    # nothing then.
+    planning = Background(lambda: list(plan(source, opts)))
     conn, url = redis_and_model(redis_url, opts, load_model=True)
     # Workers start first, so they are ready when the first file is enqueued.
     # A local batch never imports boto3 (0.1-0.3 s of start-up); a job on S3 would import it then.
@@ -228,7 +235,7 @@ def run_batch(
     created: list[str] = []
     try:
         with local_workers(url, opts, queue, workers or os.cpu_count() or 1, log_path, s3=s3) as procs:
-            batch = do_dispatch(conn, queue, source, opts, False, timeout, created)
+            batch = do_dispatch(conn, queue, source, opts, False, timeout, created, planning.result())
             assert batch is not None  # not a dry run
             alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
             waited = status_mod.wait(conn, batch.id, progress, alive=alive) if batch.enqueued else {}
@@ -253,6 +260,30 @@ def run_batch(
     if not result.get("lost") and not result.get("finished", True):
         raise ConfigError(f"workers stopped before batch {batch.id} finished; see {log_path}")
     return result
+
+
+class Background:
+    """``fn()`` run in a daemon thread (one still listing a huge bucket does not hold up the exit of a
+    command that failed meanwhile); ``result()`` waits for it and returns or raises what it did."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="velo-plan", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as e:  # raised again in the caller's thread by result()
+            self.error = e
+
+    def result(self) -> Any:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def redis_and_model(redis_url: str | None, opts: Options, *, load_model: bool) -> tuple[redis.Redis, str]:

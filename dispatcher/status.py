@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from velosiped.state import counters
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import PubSub
 
 __all__ = ["batch_ids", "describe", "render", "view", "wait", "watch", "workers"]
 
@@ -202,12 +204,16 @@ def wait(
     redis: Redis,
     batch_id: str,
     console: Console,
-    poll: float = 0.1,
+    poll: float = 0.5,
     alive: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Show a progress bar of files and rows until the batch is finished (or ``alive()`` turns
     False: the workers we started are gone, or every file left was lost from the queue); return
-    the batch's description (with ``lost``: files whose jobs were removed behind our back)."""
+    the batch's description (with ``lost``: files whose jobs were removed behind our back).
+
+    It wakes as each file is done or failed (a message on the batch's progress channel,
+    ``keys.batch_progress``), so the last file's outcome ends the wait at once; ``poll``: the
+    longest it sleeps without one, to look at ``alive()`` and for files lost from the queue."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -220,12 +226,15 @@ def wait(
         probe = fail_fast(redis)  # polls fail at once, so the give-up clock below is the only one
         lost_since: float | None = None
         watch = _LostWatch()
+        news = _Progress(probe, batch_id)
         while True:
             try:
+                news.listen()  # before reading the counters: no outcome falls between the two
                 b = describe(probe, batch_id, with_failures=False, lost=watch.lost) or {}
                 b["lost"] = watch.update(probe, batch_id, b)
                 lost_since = None
             except RedisError as e:  # a restarting Redis: keep waiting, with backoff, for a while
+                news.close()
                 lost_since = lost_since or time.monotonic()
                 gone = time.monotonic() - lost_since
                 if gone > settings.REDIS_GIVE_UP.get():
@@ -246,8 +255,43 @@ def wait(
             stuck = watch.lost and b.get("done", 0) + b.get("failed", 0) + watch.lost >= b.get("total", 0)
             if b.get("finished", True) or stuck or not alive():
                 break
-            time.sleep(poll)
+            news.wait(poll)
+        news.close()
     return describe(redis, batch_id, lost=watch.lost) or {}
+
+
+class _Progress:
+    """The batch's progress channel: a wait that ends as soon as one of its files is done or failed."""
+
+    def __init__(self, redis: Redis, batch_id: str) -> None:
+        self.redis, self.channel = redis, keys.batch_progress(batch_id)
+        self.pubsub: PubSub | None = None
+
+    def listen(self) -> None:
+        if self.pubsub is None:
+            self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            self.pubsub.subscribe(self.channel)
+
+    def wait(self, timeout: float) -> None:
+        """Until a file's outcome (the outcomes already announced taken too), at most ``timeout`` s."""
+        if self.pubsub is None:
+            time.sleep(timeout)
+            return
+        try:
+            deadline = time.monotonic() + timeout
+            while self.pubsub.get_message(timeout=max(deadline - time.monotonic(), 0)) is None:
+                if time.monotonic() >= deadline:
+                    return
+            while self.pubsub.get_message(timeout=0) is not None:
+                pass
+        except RedisError:  # Redis went away: the next look at the counters says so
+            self.close()
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                self.pubsub.close()
+            self.pubsub = None
 
 
 class _LostWatch:

@@ -29,6 +29,12 @@ def batch(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}"
 
 
+def batch_progress(batch_id: str) -> str:
+    """Pub/sub channel (no key): a message each time one of the batch's files is done or failed
+    (scripts/state.lua), so a command waiting for the batch wakes at once instead of polling."""
+    return f"{PREFIX}batch:{batch_id}:progress"
+
+
 def batch_files(batch_id: str) -> str:
     """Hash: input URI -> state (queued, running, done, failed) of each file in a batch; a queued or
     running file's names its jobs too: ``queued velo-…[,velo-…]`` (for files lost from the queue)."""

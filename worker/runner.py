@@ -135,6 +135,15 @@ class VeloWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return settings.HEARTBEAT_TTL.get()
 
+    def unsubscribe(self) -> None:
+        """RQ's, without its 1 s wait at every exit. RQ unsubscribes, then stops its pub/sub
+        thread: the UNSUBSCRIBE reply usually reaches the thread before the stop, and an
+        unsubscribed thread then waits for a subscription for up to 60 s, so RQ's join gives up
+        after 1 s. Stopped first, the thread ends on that very reply."""
+        if self.pubsub_thread:
+            self.pubsub_thread.stop()
+        super().unsubscribe()
+
     _failed: tuple[str, str, int | None] | None = None
     """(job id, reason, RQ retries it had) of the file that failed in the job in hand: see handle_exception."""
 
@@ -297,6 +306,8 @@ def fork_workers(
     """
     if s3:
         storage.preload()
+    import worker.task  # noqa: F401  # the job's own modules (pyarrow.csv, scoring...): imported once, shared
+
     gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
     procs: list[multiprocessing.process.BaseProcess] = [
@@ -310,8 +321,13 @@ def fork_workers(
 
 def share_cores(processes: int) -> None:
     """Give each of ``processes`` workers its share of the cores for the model's own threads."""
-    os.environ.setdefault(models.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
+    _set_share(processes)
     models.limit_threads()  # libraries already loaded (a preloaded model); later ones at model load
+
+
+def _set_share(processes: int) -> None:
+    """``VELO_THREADS``, unless set: each of ``processes`` workers' share of the cores."""
+    os.environ.setdefault(models.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
 
 
 def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool, parent: int) -> None:
@@ -323,7 +339,7 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     _stop_with(parent)
     logs.configure("text")
     os.environ["REDIS_URL"] = url
-    share_cores(processes)
+    _set_share(processes)  # applied once, by run_workers (threadpoolctl looks at every library loaded: ~20 ms)
     VeloWorker.stop_on_interrupt = True  # this process is one `velo run` worker: Ctrl-C stops it now
     run_workers(redis_client(url), queue, url=url, processes=1, s3=s3)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from tests.helpers import dump_model, fit_model
 from velosiped import keys
 from velosiped.models import version_of
 from velosiped.rqapi import make_queue
+from velosiped.state import FileState, set_state
 from velosiped.storage import ObjectInfo
 from worker.runner import VeloWorker
 
@@ -135,3 +137,21 @@ def test_watch_passes_ctrl_c_on_so_the_command_exits_130():
 
     with pytest.raises(KeyboardInterrupt):
         status.watch(interrupted, Console(file=io.StringIO()), interval=0.01)
+
+
+def test_wait_wakes_as_the_last_file_finishes_not_after_a_poll(redis):
+    # Given a batch of one running file, and a wait that would otherwise sleep 30 s between looks
+    batch(redis, "b1", total=1, running=1, started_at=time.time())
+    redis.hset(keys.batch_files("b1"), "s3://b/1.csv", "running")
+
+    def finish() -> None:
+        time.sleep(0.3)
+        set_state(redis, "b1", "s3://b/1.csv", FileState.DONE, rows=10)
+
+    threading.Thread(target=finish).start()
+    started = time.monotonic()
+    # When the file is done
+    b = status.wait(redis, "b1", Console(file=io.StringIO()), poll=30)
+    # Then the wait ends with it (the state script announces each outcome on the batch's channel)
+    assert time.monotonic() - started < 10
+    assert b["done"] == 1 and b["finished"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from pathlib import Path
 
 import pytest
+from redis import Redis
 from rq import Callback
 
 from dispatcher.enqueue import enqueue_batch, payload_for, retry_failed
@@ -276,3 +278,25 @@ def test_a_model_rewritten_in_place_after_its_hash_is_never_the_one_unpickled(tm
         loaded.predict(make_frame(5)[list(model.feature_names_in_)])
         == model.predict(make_frame(5)[list(model.feature_names_in_)])
     ).all()
+
+
+def test_a_worker_leaves_its_pubsub_channel_without_waiting_on_its_thread(clean_redis):
+    # Given a worker on a real redis-server, subscribed to its channel (RQ's pub/sub thread running)
+    conn = Redis.from_url(clean_redis)
+    worker = VeloWorker([make_queue(conn, "velo")], connection=conn)
+    worker.subscribe()
+    time.sleep(0.2)  # the thread is waiting for messages
+    send = worker.pubsub.unsubscribe
+
+    def unsubscribe_then_lag() -> None:  # this thread descheduled after sending, as on a busy machine
+        send()
+        time.sleep(0.2)
+
+    worker.pubsub.unsubscribe = unsubscribe_then_lag
+    # When it leaves (as at every exit)
+    started = time.monotonic()
+    worker.unsubscribe()
+    # Then its thread ends on the reply. In RQ's own order (unsubscribe, then stop) the thread got the
+    # reply first and went on waiting for a subscription: RQ's join gave up after 1 s, at every exit.
+    assert time.monotonic() - started < 0.9
+    assert not worker.pubsub_thread.is_alive()

@@ -41,7 +41,11 @@ local function set_state(files, counters, errors, jobs, file, state, rows, err, 
   if state == 'running' and not redis.call('HGET', counters, 'started_at') then
     redis.call('HSET', counters, 'started_at', now)
   end
-  if state == 'done' or state == 'failed' then redis.call('HSET', counters, 'updated_at', now) end
+  if state == 'done' or state == 'failed' then
+    redis.call('HSET', counters, 'updated_at', now)
+    -- wakes a waiting `velo run` (keys.batch_progress); pcall: a Redis ACL without the channel costs the wake only
+    redis.pcall('PUBLISH', counters .. ':progress', state)
+  end
   local c = redis.call('HMGET', counters, 'total', 'done', 'failed', 'retention', 'options')
   local all = {files, counters, errors, jobs, counters .. ':stats'}
   if c[5] then all[6] = c[5] end -- (a missing field is false, not nil)
