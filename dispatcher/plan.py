@@ -49,6 +49,10 @@ class Options:
     shadow_version: str | None = None
     shadow_sha256: str | None = None
     shadow_output: str | None = None
+    group_size: int = 1
+    """Small files scored together in one job, at most this many (``--group-size``; 1: one job a file)."""
+    group_bytes: int = 4 << 20
+    """Files below this size may be grouped (``--group-bytes``)."""
 
 
 @dataclass(frozen=True)
