@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +76,8 @@ def score_group(p: Payload, redis: Redis, alone: Callable[[Payload], dict[str, A
                 set_state(pipe, m["batch"], m["input"], FileState.RUNNING)
             pipe.execute()
         model = _model(p)
-        for m in todo:
-            f = _prepare(m, model) if model is not None else None
+        prepared = _each(lambda m: _prepare(m, model) if model is not None else None, todo)
+        for m, f in zip(todo, prepared, strict=True):
             if f is None:
                 solo.append(m)
             else:
@@ -88,8 +89,10 @@ def score_group(p: Payload, redis: Redis, alone: Callable[[Payload], dict[str, A
         if scored is None:  # the model rejected some row: each file alone says which
             solo += [f.p for f in same]
             continue
-        for f, (prediction, probabilities) in zip(same, scored, strict=True):
-            if _write(f, prediction, probabilities, redis, model):
+        pairs = list(zip(same, scored, strict=True))
+        written = _each(lambda fs: _write(fs[0], fs[1][0], fs[1][1], redis, model), pairs)
+        for f, ok in zip(same, written, strict=True):
+            if ok:
                 done.append((f.p, f.rows))
             else:
                 solo.append(f.p)
@@ -99,8 +102,8 @@ def score_group(p: Payload, redis: Redis, alone: Callable[[Payload], dict[str, A
                 set_state(pipe, m["batch"], m["input"], FileState.DONE, rows=n)
             pipe.execute()
     seconds = time.perf_counter() - started
-    for m, n in done:
-        _drop_stale_error(m)
+    _each(_drop_stale_error, [m for m, _ in done])
+    for _, n in done:
         metrics.file_done(n, seconds / max(len(done), 1))
         rows += n
     failed: list[str] = []
@@ -122,6 +125,19 @@ def score_group(p: Payload, redis: Redis, alone: Callable[[Payload], dict[str, A
     if failed:
         out["failed"] = failed
     return out
+
+
+THREADS = 8
+"""Files of a group read (and written) at once: on S3 each file costs a few round trips, which
+threads overlap (pyarrow and boto3 release the GIL while they wait)."""
+
+
+def _each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``fn`` of each item, in order, THREADS at a time (one at a time for one item)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(THREADS, len(items)), thread_name_prefix="velo-group") as pool:
+        return list(pool.map(fn, items))
 
 
 def _not_done(redis: Redis, files: list[Payload]) -> list[Payload]:
