@@ -1,6 +1,6 @@
 """Many small files: grouped jobs (`--group-size`) against the bare per-file loop, and at scale on S3.
 
-    python -m bench.small_files [--files 2000] [--reps 3] [--s3-files 10000,100000]
+    python -m bench.small_files [--files 2000] [--reps 3] [--s3-files 10000 100000]
 
 1. A local folder of N CSV files of 10 rows x 20 features (a logistic regression): `velo run
    --workers 2` (embedded Redis; small files in groups of 64, the default), the same with
@@ -156,9 +156,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--s3-files", default="10000,100000", help="comma-separated counts ('' skips the S3 part)")
+    ap.add_argument("--s3-files", nargs="*", default=["10000", "100000"], help="file counts on S3 (none: skip it)")
     args = ap.parse_args()
-    counts = [int(c) for c in args.s3_files.split(",") if c.strip()]
+    counts = [int(c) for arg in args.s3_files for c in arg.split(",") if c.strip()]
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         times = local(args.files, args.reps, root)
@@ -169,7 +169,8 @@ def main() -> None:
         return f"{med[k]:.2f} ({min(times[k]):.2f}-{max(times[k]):.2f})"
 
     ratio = med["loop"] / med["grouped"]
-    command = f"python -m bench.small_files --files {args.files} --reps {args.reps} --s3-files {args.s3_files}"
+    on = " ".join(map(str, counts))
+    command = f"python -m bench.small_files --files {args.files} --reps {args.reps} --s3-files {on}"
     lines = [
         machine(),
         "",

@@ -128,3 +128,46 @@ def test_a_malformed_group_is_refused_with_one_line(group, why):
                 "shard": {"index": 0, "count": 2, "start": 0, "end": 9},
             }
         )
+
+
+def test_a_group_with_a_bad_file_fails_its_job_naming_it_and_rq_requeue_rescores_only_it(redis, tmp_path):
+    from rq.job import JobStatus
+
+    from dispatcher.status import describe
+    from worker.runner import VeloWorker
+
+    def work() -> None:
+        VeloWorker([make_queue(redis, "velo")], connection=redis).work(burst=True)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(5):
+        (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(4, seed=i)))
+    (data / "2.csv").write_bytes(csv_bytes(make_frame(4, seed=2).drop(columns="f2")))
+    model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
+    opts = Options(model=model, model_version=version_of(model), group_size=64)
+    batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
+    q = make_queue(redis, "velo")
+    work()
+
+    # One job, failed with the bad file's one-line reason; the four others done
+    reason = f"{data / '2.csv'}: missing feature columns: f2"
+    [jid] = q.failed_job_registry.get_job_ids()
+    job = q.fetch_job(jid)
+    assert (job.get_status(), job.latest_result().exc_string) == (JobStatus.FAILED, reason)
+    b = describe(redis, batch.id)
+    assert (b["done"], b["failed"], b["rows"]) == (4, 1, 16)
+    assert b["failures"] == [{"file": str(data / "2.csv"), "error": reason}]
+    made = {p.name: p.stat().st_mtime_ns for p in data.glob("*.out.csv")}
+    assert sorted(made) == ["0.out.csv", "1.out.csv", "3.out.csv", "4.out.csv"]
+
+    # When the file is fixed and RQ's own requeue puts the group's job back
+    (data / "2.csv").write_bytes(csv_bytes(make_frame(4, seed=2)))
+    q.failed_job_registry.requeue(jid)
+    work()
+
+    # Then only that file is scored, as it is now; the others are not written again
+    b = describe(redis, batch.id)
+    assert (b["done"], b["failed"], b["rows"]) == (5, 0, 20)
+    assert (data / "2.out.csv").exists() and not (data / "2.out.csv.error.json").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in data.glob("*.out.csv") if p.name != "2.out.csv"} == made
