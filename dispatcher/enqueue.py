@@ -396,9 +396,8 @@ def add_files(
     is not: its plan says "already queued". Small files go in groups (:func:`grouped`).
     """
     todo = [p for p in planned if p.enqueue]
-    refused: set[str] = set()
-    if opts.group_size > 1:  # a file's group may differ from one plan to the next: looked up by file
-        refused |= set(_in_groups(redis, [p.info.uri for p in todo]))
+    # A file's group may differ from one plan to the next: a file queued in one is looked up by file
+    refused = set(_in_groups(redis, [p.info.uri for p in todo]))
     files = grouped([p for p in todo if p.info.uri not in refused], opts, batch.id)
     for chunk in _chunks(files):
         for group, ok in zip(chunk, _enqueue(redis, queue, chunk, timeout), strict=True):
