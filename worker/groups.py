@@ -41,6 +41,9 @@ from worker.scoring import Dialect, _csv_blocks, _CsvOut
 __all__ = ["score_group"]
 
 log = logging.getLogger(__name__)
+file_log = logging.getLogger("worker.task")
+"""Each file's own line comes from the task's logger, as a file scored alone has it (with
+``velo worker --log-format json``, one object per file: batch, file, job id, rows, seconds)."""
 
 
 @dataclass
@@ -60,7 +63,9 @@ class _File:
         return sum(b.num_rows for b in self.batches)
 
 
-def score_group(p: Payload, redis: Redis, alone: Callable[[Payload], dict[str, Any]]) -> dict[str, Any]:
+def score_group(
+    p: Payload, redis: Redis, alone: Callable[[Payload], dict[str, Any]], job_id: str = ""
+) -> dict[str, Any]:
     """Score the group's files; ``alone`` scores one file on its own (and records its outcome).
 
     Returns ``{"rows", "seconds", "files"}`` and, when files failed, ``"failed"``: their reasons.
@@ -103,9 +108,11 @@ def score_group(p: Payload, redis: Redis, alone: Callable[[Payload], dict[str, A
             pipe.execute()
     seconds = time.perf_counter() - started
     _each(_drop_stale_error, [m for m, _ in done])
-    for _, n in done:
+    for m, n in done:  # scored together: each file's seconds are the group's so far
         metrics.file_done(n, seconds / max(len(done), 1))
         rows += n
+        fields = {"batch": m["batch"], "file": m["input"], "job_id": job_id, "rows": n, "seconds": round(seconds, 3)}
+        file_log.info("%6.2fs ← %s %d rows (in a group of %d)", seconds, m["input"], n, len(todo), extra=fields)
     failed: list[str] = []
     for m in solo:
         result = alone(m)

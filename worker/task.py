@@ -69,7 +69,7 @@ def _score_group(p: Payload, job: Job, rerun: bool) -> dict[str, Any]:
         result: dict[str, Any] = {"rows": sum(int(r.get("rows") or 0) for r in results)}
         failed = [str(r["failed"]) for r in results if "failed" in r]
     else:
-        result = groups.score_group(p, job.connection, lambda m: _score_payload(m, job))
+        result = groups.score_group(p, job.connection, lambda m: _score_payload(m, job), job.id)
         failed = list(result.pop("failed", []))
     payloads.drop(job.connection, job.id)  # every file's outcome is recorded
     if failed:
