@@ -153,7 +153,7 @@ def queued_jobs(redis: Redis, opts: Options, planned: list[Planned]) -> dict[str
     for (uri, jid), st in zip(ids, statuses, strict=True):
         if st in ACTIVE:
             found.setdefault(uri, []).append(jid)
-    for uri, jid in _in_groups(redis, [p.info.uri for p in planned if p.info.uri not in found]).items():
+    for uri, jid in _in_groups(redis, [p for p in planned if p.info.uri not in found], opts).items():
         found[uri] = [jid]
     return found
 
@@ -168,10 +168,12 @@ def _open_batches(redis: Redis) -> list[str]:
     return [b for b, (t, d, f) in zip(ids, counts, strict=True) if int(d or 0) + int(f or 0) < int(t or 0)]
 
 
-def _in_groups(redis: Redis, files: list[str]) -> dict[str, str]:
-    """The files among ``files`` queued or running in a group whose job waits or runs: file -> its id."""
-    if not files:
+def _in_groups(redis: Redis, planned: list[Planned], opts: Options) -> dict[str, str]:
+    """The files of ``planned`` queued or running in a group whose job waits or runs, for the very
+    job they would get (the same version, model, output and options): file -> the group's id."""
+    if not planned:
         return {}
+    files = [p.info.uri for p in planned]
     held: dict[str, str] = {}
     for batch in _open_batches(redis):
         for start in range(0, len(files), CHUNK):
@@ -180,9 +182,22 @@ def _in_groups(redis: Redis, files: list[str]) -> dict[str, str]:
                 state, _, refs = as_text(value or b"").partition(" ")
                 if state in ("queued", "running") and refs.startswith(GROUP_PREFIX):
                     held.setdefault(file, refs.split(",")[0])
+    if not held:
+        return {}
     groups = sorted(set(held.values()))
-    active = {g for g, st in zip(groups, job_statuses(redis, groups), strict=True) if st in ACTIVE}
-    return {file: g for file, g in held.items() if g in active}
+    jobs: dict[str, set[str]] = {}  # an active group's id -> its files' own job ids
+    for g, st in zip(groups, job_statuses(redis, groups), strict=True):
+        try:
+            p = payloads.load(redis, g) if st in ACTIVE else None
+        except InputError:
+            p = None
+        if p is not None:
+            jobs[g] = {job_id(m) for m in members(p)}
+    return {
+        item.info.uri: held[item.info.uri]
+        for item in planned
+        if item.info.uri in held and job_id(payload_for(item, opts, "")) in jobs.get(held[item.info.uri], set())
+    }
 
 
 def _groupable(item: Planned, opts: Options) -> bool:
@@ -397,7 +412,7 @@ def add_files(
     """
     todo = [p for p in planned if p.enqueue]
     # A file's group may differ from one plan to the next: a file queued in one is looked up by file
-    refused = set(_in_groups(redis, [p.info.uri for p in todo]))
+    refused = set(_in_groups(redis, todo, opts))
     files = grouped([p for p in todo if p.info.uri not in refused], opts, batch.id)
     for chunk in _chunks(files):
         for group, ok in zip(chunk, _enqueue(redis, queue, chunk, timeout), strict=True):

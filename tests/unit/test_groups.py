@@ -74,6 +74,19 @@ def test_files_queued_in_a_group_are_already_queued_for_any_later_plan(redis):
     assert len(redis.lrange("rq:queue:velo", 0, -1)) == 2
 
 
+def test_the_same_files_for_another_output_or_model_are_not_held_by_a_group(redis):
+    first = enqueue_batch(redis, "velo", "/d", OPTS, [item(f"{i}.csv") for i in range(4)])
+    assert first.enqueued == 4
+    # Another output (or model) is another job for each file: not "already queued"
+    elsewhere = [replace(item(f"{i}.csv"), output=f"/o/{i}.out.csv") for i in range(4)]
+    assert [p.reason for p in mark_already_queued(redis, OPTS, elsewhere)] == ["new"] * 4
+    assert enqueue_batch(redis, "velo", "/d", OPTS, elsewhere).enqueued == 4
+    other_model = replace(OPTS, model_version="v2")
+    assert enqueue_batch(redis, "velo", "/d", other_model, [item(f"{i}.csv") for i in range(4)]).enqueued == 4
+    # While the very same jobs are held
+    assert enqueue_batch(redis, "velo", "/d", OPTS, [item(f"{i}.csv") for i in range(4)]).enqueued == 0
+
+
 def test_a_removed_group_job_makes_each_of_its_files_lost_and_retry_enqueues_each(redis, tmp_path):
     model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
     opts = Options(model=model, model_version=version_of(model), group_size=64)
