@@ -75,6 +75,7 @@ def score_group(
     todo = _not_done(redis, members(p))
     solo: list[Payload] = []
     ready: list[_File] = []
+    model: Any = None
     if todo:
         with redis.pipeline(transaction=False) as pipe:
             for m in todo:
