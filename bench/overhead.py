@@ -66,7 +66,8 @@ def main() -> None:
                 p.unlink()
             empty, _ = timed([str(BIN / "velo"), "worker", "--burst"], env)
             subprocess.run(
-                [str(BIN / "velo"), "dispatch", str(data), "--model", str(root / "m.joblib")],
+                # one job a file: this measures a job's overhead (groups: bench/small_files.py)
+                [str(BIN / "velo"), "dispatch", str(data), "--model", str(root / "m.joblib"), "--group-size", "1"],
                 env=env,
                 capture_output=True,
                 check=True,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from dispatcher.enqueue import ACTIVE, Batch, add_files, job_ids, job_statuses
+from dispatcher.enqueue import ACTIVE, Batch, add_files, job_ids, job_statuses, queued_jobs
 from dispatcher.plan import Options, Planned, replan
 from velosiped import storage
 from velosiped.jobs import error_uri
@@ -83,7 +83,8 @@ def adopt(
 def _wait_for_jobs(
     redis: Redis, held: list[Planned], opts: Options, console: Console, alive: Callable[[], bool], poll: float
 ) -> None:
-    ids = [jid for p in held for jid in job_ids(p, opts)]
+    ids = [jid for p in held for jid in job_ids(p, opts)]  # a file's own jobs, and its group's
+    ids += sorted({jid for found in queued_jobs(redis, opts, held).values() for jid in found} - set(ids))
     files = "1 file" if len(held) == 1 else f"{len(held)} files"
     with console.status(f"scoring {files} an earlier run left queued"):
         while alive() and any(st in ACTIVE for st in job_statuses(redis, ids)):

@@ -1,4 +1,5 @@
-"""Turn a plan into a batch: one RQ job per file (one per shard of a big file), each with a deterministic id."""
+"""Turn a plan into a batch: one RQ job per file (one per shard of a big file, one per group of
+small files: ``--group-size``), each with a deterministic id."""
 
 from __future__ import annotations
 
@@ -19,7 +20,17 @@ from dispatcher.lost import find_lost
 from velosiped import keys, lua, payloads, settings, storage
 from velosiped.connection import as_text
 from velosiped.errors import InputError
-from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, job_id, queued_description, shard_group
+from velosiped.jobs import (
+    FAILURE_CALLBACK,
+    GROUP_PREFIX,
+    TASK,
+    Payload,
+    group_id,
+    job_id,
+    members,
+    queued_description,
+    shard_group,
+)
 from velosiped.rqapi import make_queue, queued_job_fields
 from velosiped.state import FileState, set_state
 
@@ -45,6 +56,7 @@ __all__ = [
     "job_statuses",
     "mark_already_queued",
     "payloads_for",
+    "queued_jobs",
     "retry_failed",
 ]
 
@@ -124,12 +136,108 @@ def job_ids(item: Planned, opts: Options) -> list[str]:
 
 
 def mark_already_queued(redis: Redis, opts: Options, planned: list[Planned]) -> list[Planned]:
-    """The plan, with files whose job (any shard's) is waiting or running (from any batch) marked so."""
-    todo = [p for p in planned if p.enqueue]
-    ids = [(p.info.uri, jid) for p in todo for jid in job_ids(p, opts)]
-    statuses = job_statuses(redis, [jid for _, jid in ids])
-    active = {uri for (uri, _), st in zip(ids, statuses, strict=True) if st in ACTIVE}
+    """The plan, with files whose job (any shard's, or their group's) is waiting or running (from
+    any batch) marked so."""
+    active = queued_jobs(redis, opts, [p for p in planned if p.enqueue])
     return [replace(p, reason="already queued") if p.info.uri in active else p for p in planned]
+
+
+def queued_jobs(redis: Redis, opts: Options, planned: list[Planned]) -> dict[str, list[str]]:
+    """The files of ``planned`` whose job is waiting or running, from any batch: file -> those jobs.
+
+    A file's own jobs have ids derived from it (:func:`job_ids`); a group's id depends on its
+    other files too, so a file queued in a group is found by its state in the batches not yet
+    finished, which name its job (``queued velo-g…``: see scripts/state.lua).
+    """
+    ids = [(p.info.uri, jid) for p in planned for jid in job_ids(p, opts)]
+    statuses = job_statuses(redis, [jid for _, jid in ids])
+    found: dict[str, list[str]] = {}
+    for (uri, jid), st in zip(ids, statuses, strict=True):
+        if st in ACTIVE:
+            found.setdefault(uri, []).append(jid)
+    for uri, jid in _in_groups(redis, [p for p in planned if p.info.uri not in found], opts).items():
+        found[uri] = [jid]
+    return found
+
+
+def _open_batches(redis: Redis) -> list[str]:
+    """The batches some of whose files are not done or failed yet."""
+    ids = [as_text(b) for b in redis.zrange(keys.BATCHES, 0, -1)]
+    with redis.pipeline(transaction=False) as pipe:
+        for b in ids:
+            pipe.hmget(keys.batch(b), ["total", "done", "failed"])
+        counts = pipe.execute()
+    return [b for b, (t, d, f) in zip(ids, counts, strict=True) if int(d or 0) + int(f or 0) < int(t or 0)]
+
+
+def _in_groups(redis: Redis, planned: list[Planned], opts: Options) -> dict[str, str]:
+    """The files of ``planned`` queued or running in a group whose job waits or runs, for the very
+    job they would get (the same version, model, output and options): file -> the group's id."""
+    if not planned:
+        return {}
+    files = [p.info.uri for p in planned]
+    held: dict[str, str] = {}
+    for batch in _open_batches(redis):
+        for start in range(0, len(files), CHUNK):
+            chunk = files[start : start + CHUNK]
+            for file, value in zip(chunk, redis.hmget(keys.batch_files(batch), chunk), strict=True):
+                state, _, refs = as_text(value or b"").partition(" ")
+                if state in ("queued", "running") and refs.startswith(GROUP_PREFIX):
+                    held.setdefault(file, refs.split(",")[0])
+    if not held:
+        return {}
+    groups = sorted(set(held.values()))
+    jobs: dict[str, set[str]] = {}  # an active group's id -> its files' own job ids
+    for g, st in zip(groups, job_statuses(redis, groups), strict=True):
+        try:
+            p = payloads.load(redis, g) if st in ACTIVE else None
+        except InputError:
+            p = None
+        if p is not None:
+            jobs[g] = {job_id(m) for m in members(p)}
+    return {
+        item.info.uri: held[item.info.uri]
+        for item in planned
+        if item.info.uri in held and job_id(payload_for(item, opts, "")) in jobs.get(held[item.info.uri], set())
+    }
+
+
+def _groupable(item: Planned, opts: Options) -> bool:
+    """Whether a file may share its job with other small files: a whole CSV below --group-bytes,
+    scored by one model (a challenger's files are scored one a job)."""
+    return (
+        opts.group_size > 1
+        and not item.shards
+        and not opts.shadow
+        and item.info.size < opts.group_bytes
+        and not item.info.uri.endswith(".parquet")
+    )
+
+
+def grouped(todo: list[Planned], opts: Options, batch_id: str) -> list[list[Payload]]:
+    """Each file's jobs (see :func:`payloads_for`), small files joined into groups of up to
+    --group-size files in listing order: one job, whose payload names each file's own fields."""
+    files: list[list[Payload]] = []
+    group: list[Payload] = []
+
+    def close() -> None:
+        if len(group) == 1:
+            files.append(list(group))
+        elif group:
+            first: Payload = {**group[0]}
+            first["group"] = [[p["input"], p["input_version"], p["output"]] for p in group]
+            files.append([first])
+        group.clear()
+
+    for item in todo:
+        if not _groupable(item, opts):
+            files.append(payloads_for(item, opts, batch_id))
+            continue
+        group.append(payload_for(item, opts, batch_id))
+        if len(group) >= opts.group_size:
+            close()
+    close()
+    return files
 
 
 def _clear_finished(redis: Redis, ids: list[str]) -> set[str]:
@@ -182,7 +290,7 @@ def _enqueue(redis: Redis, queue: str, files: list[list[Payload]], timeout: int)
     """
     if not files:
         return []
-    ids = [[job_id(p) for p in group] for group in files]
+    ids = [[group_id(members(p)) if p.get("group") else job_id(p) for p in group] for group in files]
     added = _add(redis, queue, files, ids, timeout)
     refused = [i for i, ok in enumerate(added) if not ok]  # queued or running, or left from an earlier run
     if refused:
@@ -206,7 +314,11 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
     args: list[Any] = [q.key, keys.options(digest), options, f"{time.time():.3f}", len(template), *template]
     for group, group_ids in zip(files, ids, strict=True):
         sharded = bool(group[0].get("shard"))
-        args += [group[0]["input"], len(group), int(sharded)]
+        together = group[0].get("group")
+        if together:
+            args += [group[0]["input"], 1, 2, len(together), *(m[0] for m in together)]
+        else:
+            args += [group[0]["input"], len(group), int(sharded)]
         for p, jid in zip(group, group_ids, strict=True):
             job_keys.append(Job.key_for(jid))
             args += [jid, payloads.pack_own(p, digest)]
@@ -223,15 +335,16 @@ def _add(redis: Redis, queue: str, files: list[list[Payload]], ids: list[list[st
 
 
 def _chunks(files: list[list[Payload]]) -> Iterator[list[list[Payload]]]:
-    """Files in chunks of about CHUNK jobs, a file's shards never split across two."""
+    """Files in chunks of about CHUNK jobs (a group counting its files), a file's shards never split across two."""
     chunk: list[list[Payload]] = []
     size = 0
     for group in files:
-        if chunk and size + len(group) > CHUNK:
+        n = len(group[0].get("group") or group)
+        if chunk and size + n > CHUNK:
             yield chunk
             chunk, size = [], 0
         chunk.append(group)
-        size += len(group)
+        size += n
     if chunk:
         yield chunk
 
@@ -296,16 +409,17 @@ def add_files(
 ) -> int:
     """Enqueue, in ``batch``, the files the plan says need scoring; returns how many were enqueued.
 
-    A file whose job (any shard's) is waiting or running already, from any batch, is not: its
-    plan says "already queued".
+    A file whose job (any shard's, or its group's) is waiting or running already, from any batch,
+    is not: its plan says "already queued". Small files go in groups (:func:`grouped`).
     """
     todo = [p for p in planned if p.enqueue]
-    files = [payloads_for(p, opts, batch.id) for p in todo]
-    refused = set()
+    # A file's group may differ from one plan to the next: a file queued in one is looked up by file
+    refused = set(_in_groups(redis, todo, opts))
+    files = grouped([p for p in todo if p.info.uri not in refused], opts, batch.id)
     for chunk in _chunks(files):
         for group, ok in zip(chunk, _enqueue(redis, queue, chunk, timeout), strict=True):
             if not ok:
-                refused.add(group[0]["input"])
+                refused.update(p["input"] for p in members(group[0]))
     planned = [replace(p, reason="already queued") if p.info.uri in refused else p for p in planned]
     added = len(todo) - len(refused)
     batch.planned += planned
@@ -354,8 +468,12 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     gone: list[str] = []
     stale: list[str] = []  # the failed files' jobs, in RQ's failed registry
     by_options: dict[str, list[list[Payload]]] = {}  # a chunk shares its options (model, version...)
+    loaded: dict[str, Payload | None] = {}  # a lost group's payload, read once for its files
     for file in [*failed, *lost]:
-        payload = _failed_payload(redis, batch_id, file) if file not in lost else _lost_payload(redis, lost[file])
+        if file in lost:
+            payload = _lost_payload(redis, lost[file], file, loaded)
+        else:
+            payload = _failed_payload(redis, batch_id, file)
         info = storage.head(file) if payload is not None else None
         if payload is None or info is None:
             gone.append(file)
@@ -369,6 +487,8 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     name = as_text(queue) if queue else "velo"
     chunks = [chunk for files in by_options.values() for chunk in _chunks(files)]
     count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
+    if loaded:
+        redis.hdel(keys.PAYLOADS, *loaded)
     _clear_finished(redis, stale)  # `rq info` stops counting them failed (one enqueued again is queued: kept)
     return count, gone
 
@@ -378,8 +498,17 @@ def _failed_payload(redis: Redis, batch_id: str, file: str) -> Payload | None:
     return json.loads(raw) if raw is not None else None
 
 
-def _lost_payload(redis: Redis, job_ids: list[str]) -> Payload | None:
-    """A lost file's payload, from beside its removed jobs; their entries go (it gets new ones)."""
+def _lost_payload(redis: Redis, job_ids: list[str], file: str, loaded: dict[str, Payload | None]) -> Payload | None:
+    """A lost file's payload, from beside its removed jobs; their entries go (it gets new ones).
+    A group's entry, shared by its files, is read once into ``loaded`` and goes once all are read."""
+    if job_ids[0].startswith(GROUP_PREFIX):
+        if job_ids[0] not in loaded:
+            try:
+                loaded[job_ids[0]] = payloads.load(redis, job_ids[0])
+            except InputError:
+                loaded[job_ids[0]] = None
+        group = loaded[job_ids[0]]
+        return next((p for p in members(group) if p["input"] == file), None) if group else None
     try:
         payload = payloads.load(redis, job_ids[0])
     except InputError:  # its options are gone too
@@ -427,7 +556,9 @@ def cancel(redis: Redis, queue: str, batch_ids: set[str], reason: str) -> int:
             pipe.hdel(keys.PAYLOADS, jid)
             pipe.execute()
         p.pop("shard", None)
-        files[p["input"]] = p
+        for member in members(p):
+            member.pop("group", None)
+            files[member["input"]] = member
     for file, p in files.items():
         redis.hset(keys.batch_jobs(p["batch"]), file, json.dumps(p))  # for `velo retry`; first: the batch may expire
         set_state(redis, p["batch"], file, FileState.FAILED, error=f"{file}: {reason}")

@@ -51,6 +51,11 @@ shadow_help = (
     "(no shards: the default --shard-size is set aside, another refused). Implies gathering the "
     "champion-vs-challenger statistics `velo report` shows."
 )
+group_size_help = (
+    "Score up to this many small files in one job, with one predict over their rows; each file still "
+    "gets its own output, lineage and state (1: one job a file)."
+)
+group_bytes_help = "Files below this size may share a job (see --group-size; bytes, or 4MB, 512KB)."
 shadow_output_help = (
     "Where the challenger's outputs go, keeping relative paths (required with --shadow; outside SOURCE "
     "and apart from --output)."
@@ -134,6 +139,8 @@ def dispatch_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--shard-size", envvar=SHARD_SIZE_ENV, default=settings.SHARD_SIZE.default, help=shard_size_help
             ),
             click.option("--stats/--no-stats", default=True, show_default=True, help=stats_help),
+            click.option("--group-size", type=click.IntRange(1), default=64, show_default=True, help=group_size_help),
+            click.option("--group-bytes", default="4MB", show_default=True, help=group_bytes_help),
             click.option("--shadow", default=None, help=shadow_help),
             click.option("--shadow-output", default=None, help=shadow_output_help),
             click.option("--shadow-sha256", default=None, help="Pin the challenger's SHA-256 digest."),
@@ -165,6 +172,8 @@ def make_options(
     shadow_output: str | None = None,
     shadow_sha256: str | None = None,
     engine: str = "sklearn",
+    group_size: int = 1,
+    group_bytes: str = "4MB",
 ) -> Options:
     _check_outputs(source, storage.normalize(output) if output else None, suffix)
     model = storage.normalize(model)
@@ -191,6 +200,8 @@ def make_options(
         model_sha256=model_sha256,
         shard_size=0 if challenger else parse_size(shard_size),  # a file scored by two models is scored whole
         stats=stats,
+        group_size=group_size,
+        group_bytes=parse_size(group_bytes, "--group-bytes"),
         **challenger,
         engine=engine,
     )

@@ -51,6 +51,10 @@ class Options:
     shadow_output: str | None = None
     engine: str = "sklearn"
     """What predicts in the workers (``--engine``): scikit-learn's own predict, or ``treelite``."""
+    group_size: int = 1
+    """Small files scored together in one job, at most this many (``--group-size``; 1: one job a file)."""
+    group_bytes: int = 4 << 20
+    """Files below this size may be grouped (``--group-bytes``)."""
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,18 @@ __all__ = [
     "ENGINES",
     "FAILED_FOR_GOOD",
     "FAILURE_CALLBACK",
+    "GROUP_PREFIX",
     "PARTS_SUFFIX",
     "TASK",
     "Payload",
     "Shard",
     "describe",
     "error_uri",
+    "group_id",
     "job_id",
     "job_meta",
     "lineage",
+    "members",
     "params_key",
     "payload_params",
     "queued_description",
@@ -80,6 +83,9 @@ class Payload(_Required, total=False):
     shadow_output: str | None
     engine: str | None
     """What predicts (`--engine`, one of :data:`ENGINES`); absent or None: scikit-learn."""
+    group: list[list[str]] | None
+    """Small files scored together in one job (``--group-size``): each member's own
+    ``[input, input_version, output]``, the first being the payload's own; absent or None: one file."""
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -121,6 +127,8 @@ def validate(obj: Any) -> Payload:
             check(obj[field])
     if obj.get("shadow") is not None and (obj.get("shadow_version") is None or obj.get("shadow_output") is None):
         raise InputError("job payload: shadow needs shadow_version and shadow_output")
+    if obj.get("group") is not None and (obj.get("shard") or obj.get("shadow")):
+        raise InputError("job payload: a group of files has no shard and no challenger")
     return obj  # type: ignore[return-value]
 
 
@@ -155,12 +163,21 @@ def _check_text(field: str) -> Callable[[Any], None]:
     return check
 
 
+def _check_group(group: Any) -> None:
+    if not isinstance(group, list) or not group:
+        raise InputError("job payload: group must be null or a non-empty list of files")
+    for member in group:
+        if not isinstance(member, list) or len(member) != 3 or not all(isinstance(v, str) for v in member):
+            raise InputError("job payload: each file of a group must be [input, input_version, output]")
+
+
 _SHADOW_FIELDS = ("shadow", "shadow_version", "shadow_sha256", "shadow_output")
 
 _OPTIONAL: dict[str, Callable[[Any], None]] = {
     "shard": _check_shard,
     "stats": _check_stats,
     "engine": _check_engine,
+    "group": _check_group,
     **{f: _check_text(f) for f in _SHADOW_FIELDS},
 }
 """Fields a payload may leave out (or set to null), each with its own check."""
@@ -190,6 +207,8 @@ def payload_params(p: Payload) -> str:
 
 def job_id(payload: Payload) -> str:
     """Deterministic id: the same file version, model version, output and options give the same job."""
+    if payload.get("group"):
+        return group_id(members(payload))
     parts = [payload["input"], payload["input_version"], payload["model_version"], payload["output"]]
     parts.append(payload_params(payload))
     shard = payload.get("shard")
@@ -198,6 +217,25 @@ def job_id(payload: Payload) -> str:
     if payload.get("shadow"):  # a job without a challenger keeps the id it had before --shadow existed
         parts.append(f"shadow={payload.get('shadow_version')}:{payload.get('shadow_output')}")
     return "velo-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+GROUP_PREFIX = "velo-g"
+"""How a group's job id starts (a file's is ``velo-`` and hex: never a ``g``)."""
+
+
+def members(payload: Payload) -> list[Payload]:
+    """The files a payload scores, each as its own payload (the payload itself when it names no group)."""
+    group = payload.get("group")
+    if not group:
+        return [payload]
+    common = {k: v for k, v in payload.items() if k != "group"}
+    return [{**common, "input": i, "input_version": v, "output": o} for i, v, o in group]  # type: ignore[typeddict-item]
+
+
+def group_id(files: list[Payload]) -> str:
+    """A group's job id: the same for the same files (at the same versions, model and options)."""
+    digest = hashlib.sha256("\0".join(job_id(p) for p in files).encode()).hexdigest()[:31]
+    return GROUP_PREFIX + digest
 
 
 def lineage(payload: Payload) -> dict[str, str]:
@@ -223,6 +261,9 @@ def shadow_lineage(payload: Payload) -> dict[str, str]:
 
 def describe(p: Payload) -> str:
     """What RQ's tools (`rq info`, rq-dashboard) show as the job's description."""
+    group = p.get("group")
+    if group:
+        return f"score {len(group)} files {group[0][0]} ... {group[-1][0]} (batch {p['batch']})"
     shard = p.get("shard")
     part = f" shard {shard['index'] + 1}/{shard['count']}" if shard else ""
     return f"score {p['input']}{part} -> {p['output']} (batch {p['batch']})"
@@ -232,6 +273,9 @@ def job_meta(p: Payload) -> dict[str, Any]:
     """The job's RQ meta: which file, output and batch it is (and a failed job's requeue finds its
     payload by them: see velosiped.payloads.of_failed_job)."""
     meta: dict[str, Any] = {"input": p["input"], "output": p["output"], "batch": p["batch"]}
+    group = p.get("group")
+    if group:  # `rq requeue` of a failed group scores again those of its files that failed
+        meta["group"] = [m[0] for m in group]
     shard = p.get("shard")
     if shard:
         meta["shard"] = f"{shard['index'] + 1}/{shard['count']}"

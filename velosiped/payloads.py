@@ -8,6 +8,9 @@ job names no argument at all: its payload is found by the job's own id.
 - the file's own fields (input and its version, output, shard) are one short JSON array in
   the hash ``velo:payloads``, field = job id, written with the job and deleted once the
   file's outcome is recorded;
+- a group of small files scored in one job (``--group-size``) is one entry too, under the
+  group's job id: ``[digest, [[input, input_version, output], ...]]``, about 140 bytes a file
+  for what a file alone takes in its job hash and its own entry;
 - what every file of a batch shares (the batch, the model, its version, output options) is
   stored once, under its own SHA-256 (``velo:options:<digest>``), so a worker can check
   what it reads and cache it for good.
@@ -77,7 +80,10 @@ def pack_options(p: Payload) -> tuple[str, str]:
 
 
 def pack_own(p: Payload, digest: str) -> str:
-    """The file's own fields, with the digest of its options, as stored under its job id."""
+    """The file's own fields, with the digest of its options, as stored under its job id (a
+    group's: its files' own fields)."""
+    if p.get("group"):
+        return _compact([digest, p.get("group")])
     own: list[Any] = [digest, p["input"], p["input_version"], p["output"]]
     shard = p.get("shard")
     if shard:
@@ -96,6 +102,11 @@ def _unpack(fields: list[Any], options: Any) -> Payload:
     """The payload from its two stored parts, checked; InputError if it is not one."""
     if not isinstance(options, dict):
         raise InputError("job payload: its options are not a JSON object")
+    if len(fields) == 2:  # a group: the first file's own fields are the payload's
+        group = fields[1]
+        if not isinstance(group, list) or not group or not isinstance(group[0], list) or len(group[0]) != 3:
+            raise InputError("job payload: a group must be a list of [input, input_version, output]")
+        return validate({**options, **dict(zip(_OWN_FIELDS, group[0], strict=True)), "group": group})
     payload: dict[str, Any] = {**options, **dict(zip(_OWN_FIELDS, fields[1:4], strict=True))}
     if len(fields) == 6:
         payload["shadow_output"] = fields[5]
@@ -112,7 +123,7 @@ def _fields(own: bytes | str) -> list[Any]:
         fields = json.loads(own)
     except ValueError as e:
         raise InputError(f"job payload is not JSON ({e})") from e
-    if not isinstance(fields, list) or len(fields) not in (4, 5, 6) or not isinstance(fields[0], str):
+    if not isinstance(fields, list) or len(fields) not in (2, 4, 5, 6) or not isinstance(fields[0], str):
         raise InputError("job payload: not [options digest, input, input_version, output(, shard(, shadow output))]")
     return fields
 
@@ -154,6 +165,8 @@ def of_failed_job(job: Job, redis: Redis) -> Payload | None:
     batch, file = meta.get("batch"), meta.get("input")
     if not isinstance(batch, str) or not isinstance(file, str):
         return None
+    if isinstance(meta.get("group"), list):
+        return _failed_group(redis, batch, [f for f in meta["group"] if isinstance(f, str)])
     if get_state(redis, batch, file) is not FileState.FAILED:
         return None  # done, or not a file of that batch: nothing to do again
     raw = redis.hget(keys.batch_jobs(batch), file)
@@ -167,6 +180,29 @@ def of_failed_job(job: Job, redis: Redis) -> Payload | None:
     if (p["batch"], p["input"]) != (batch, file):
         raise InputError(f"job payload kept for {file} names another file")
     return p
+
+
+def _failed_group(redis: Redis, batch: str, files: list[str]) -> Payload | None:
+    """A failed group's files that are failed in their batch now, as one group payload (their kept ones)."""
+    kept: list[Payload] = []
+    for file in files:
+        if get_state(redis, batch, file) is not FileState.FAILED:
+            continue
+        raw = redis.hget(keys.batch_jobs(batch), file)
+        if raw is None:
+            continue
+        try:
+            p = validate(json.loads(raw))
+        except ValueError as e:
+            raise InputError(f"job payload kept for {file} is not JSON ({e})") from e
+        if (p["batch"], p["input"]) != (batch, file):
+            raise InputError(f"job payload kept for {file} names another file")
+        kept.append(p)
+    if not kept:
+        return None
+    first: Payload = {**kept[0]}
+    first["group"] = [[p["input"], p["input_version"], p["output"]] for p in kept]
+    return validate(first)
 
 
 _checked: ContextVar[tuple[str, Payload | None, bool]] = ContextVar("velo_checked_payload")
@@ -204,5 +240,8 @@ def describe(redis: Redis, job_id: str) -> str | None:
         return None
     if p is None:
         return None
+    group = p.get("group")
+    if group:
+        return f"{p['input']} (and {len(group) - 1} more files in one group)"
     shard = p.get("shard")
     return f"{p['input']} (shard {shard['index'] + 1}/{shard['count']})" if shard else p["input"]

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from velosiped import settings
-from velosiped.jobs import ENGINES
+from velosiped.jobs import ENGINES, Payload
 
 __all__ = [
     "CHECK_ROWS",
@@ -42,6 +42,7 @@ __all__ = [
     "engine_of",
     "fallback_of",
     "for_model",
+    "lineage",
     "prepare",
     "refused",
 ]
@@ -324,3 +325,17 @@ def _library(imported: Any, digest: str, compiler: str) -> str:
         with contextlib.suppress(FileExistsError):
             os.replace(built, path)  # whole or absent: another process may have built the same meanwhile
     return path
+
+
+def lineage(p: Payload, model: Any) -> dict[str, str]:
+    """What predicted, for a job that asked for another engine than scikit-learn (and why not, if not)."""
+    if p.get("engine") in (None, "sklearn"):
+        return {}
+    used = engine_of(model)
+    why = fallback_of(model)
+    if used == p.get("engine"):
+        return {"velo-engine": used}
+    if why is None:
+        why = refused(p["model"], p["model_version"])
+    reason = (why or "not compiled")[:200].encode("ascii", "backslashreplace").decode()
+    return {"velo-engine": used, "velo-engine-fallback": reason}

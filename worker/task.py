@@ -20,11 +20,11 @@ from rq.timeouts import JobTimeoutException
 from velosiped import keys, payloads, settings, sketch, storage
 from velosiped.access import check_output, check_path
 from velosiped.errors import ConfigError, FileFailed, InputError, TransientError, VeloError
-from velosiped.jobs import Payload, error_uri, lineage, payload_params, shard_of
+from velosiped.jobs import Payload, error_uri, lineage, members, payload_params, shard_of
 from velosiped.sketch import Stats
 from velosiped.state import FileState, get_state, set_state
 from velosiped.storage.base import causes
-from worker import backoff, engine, metrics, models, shards
+from worker import backoff, engine, groups, metrics, models, shards
 from worker.scoring import Dialect, QuotedLineBreaks, is_parquet, score_stream
 from worker.shadow import Challenger
 
@@ -47,10 +47,34 @@ def score() -> dict[str, Any]:
     if p is None:  # an earlier run of this job recorded the file's outcome and dropped the payload
         log.info("job %s: its file's outcome is recorded already; nothing to do", job.id)
         return {"rows": 0, "settled": True}
+    if p.get("group"):
+        return _score_group(p, job, rerun)
     result = _score_payload(p, job, rerun)
     payloads.drop(job.connection, job.id)  # the outcome is recorded: done, failed or settled
     if "failed" in result:  # kept for `velo retry` and `rq requeue` in the batch (see _fail)
         raise FileFailed(result["failed"])
+    return result
+
+
+GROUP_REASONS = 3
+"""Failed files a group's job names in its one-line reason (`rq info`); `velo status` has them all."""
+
+
+def _score_group(p: Payload, job: Job, rerun: bool) -> dict[str, Any]:
+    """A group of small files (see :mod:`worker.groups`). Each file's outcome is its own; the job
+    fails (FileFailed) when one of its files failed, naming them. Run again (`rq requeue` of that
+    failed job) it scores its failed files alone, as they are now, as `velo retry` does."""
+    if rerun:
+        results = [_score_payload(m, job, rerun=True) for m in members(p)]
+        result: dict[str, Any] = {"rows": sum(int(r.get("rows") or 0) for r in results)}
+        failed = [str(r["failed"]) for r in results if "failed" in r]
+    else:
+        result = groups.score_group(p, job.connection, lambda m: _score_payload(m, job), job.id)
+        failed = list(result.pop("failed", []))
+    payloads.drop(job.connection, job.id)  # every file's outcome is recorded
+    if failed:
+        more = f"; and {len(failed) - GROUP_REASONS} more files failed" if len(failed) > GROUP_REASONS else ""
+        raise FileFailed("; ".join(failed[:GROUP_REASONS]) + more)
     return result
 
 
@@ -126,11 +150,16 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
         return
     if p is None:
         return
+    for m in members(p):  # a group's files, each recorded on its own
+        _job_failed(m, job, connection, exc_type, exc_value)
+    payloads.drop(connection, job.id)
+
+
+def _job_failed(p: Payload, job: Job, connection: Any, exc_type: Any, exc_value: Any) -> None:
     if get_state(connection, p["batch"], p["input"]) is FileState.DONE:
         # A lease ran out (AbandonedJobError) while its worker was still going, and that worker
         # recorded the file done before this callback ran: the success stands, no error file
         log.info("%s: done already; a late %s changes nothing", p["input"], exc_type.__name__)
-        payloads.drop(connection, job.id)
         return
     if exc_type is AbandonedJobError:
         reason = f"{p['input']}: its worker died on every attempt (killed or out of memory); not retried again"
@@ -142,7 +171,6 @@ def on_job_failure(job: Job, connection: Any, exc_type: Any, exc_value: Any, tb:
     kind = metrics.reason_of(exc_type)
     metrics.file_failed(kind)
     _fail(p, reason, connection, kind)
-    payloads.drop(connection, job.id)
 
 
 def _as_now(p: Payload) -> Payload:
@@ -209,7 +237,7 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         if p.get("shadow"):
             shadow = models.load(str(p.get("shadow")), str(p.get("shadow_version")), p.get("shadow_sha256"))
         rows, challenger = _score_whole(p, model, stats, shadow)
-        storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows), **_engine_lineage(p, model)})
+        storage.write_lineage(p["output"], {**lineage(p), "velo-rows": str(rows), **engine.lineage(p, model)})
         if challenger is not None:
             challenger.settle()
             if stats is None:  # the comparison is gathered with --shadow, whatever --stats says
@@ -230,20 +258,6 @@ def _score_once(p: Payload, redis: Redis) -> tuple[int, int | None]:
         if found is e:
             raise
         raise found from e
-
-
-def _engine_lineage(p: Payload, model: Any) -> dict[str, str]:
-    """What predicted, for a job that asked for another engine than scikit-learn (and why not, if not)."""
-    if p.get("engine") in (None, "sklearn"):
-        return {}
-    used = engine.engine_of(model)
-    why = engine.fallback_of(model)
-    if used == p.get("engine"):
-        return {"velo-engine": used}
-    if why is None:
-        why = engine.refused(p["model"], p["model_version"])
-    reason = (why or "not compiled")[:200].encode("ascii", "backslashreplace").decode()
-    return {"velo-engine": used, "velo-engine-fallback": reason}
 
 
 def _classify(p: Payload, error: Exception) -> Exception:

@@ -228,7 +228,9 @@ def test_sigterm_finishes_the_file_in_hand_then_exits_0_without_taking_another(
     s3.put("in/a.csv", csv_bytes(slow))
     s3.put("in/b.csv", csv_bytes(small))
     worker = start_velo("worker", "--redis", clean_redis, env=slowed())
-    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), "--redis", clean_redis, check=0)
+    # (one job a file: the file in hand is one of two jobs; a group in hand is finished the same way)
+    args = ("--redis", clean_redis, "--group-size", "1")
+    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), *args, check=0)
     batch_id, enqueued, _ = find_dispatch_line(dispatched.stdout)
     assert enqueued == 2
     wait_until(

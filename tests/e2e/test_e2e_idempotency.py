@@ -28,7 +28,9 @@ def test_dry_run_explains_each_file_and_force_redoes_everything(s3, clean_redis,
     outputs = {one: s3.uri("in/1.out.csv"), two: s3.uri("in/2.out.csv")}
 
     def dispatch(*extra, model=model_path):
-        return velo("dispatch", s3.uri("in/"), "--model", model, "--redis", clean_redis, *extra, check=0)
+        # one job a file: the queue's length is checked (grouped files: test_e2e_groups.py)
+        args = ("--redis", clean_redis, "--group-size", "1", *extra)
+        return velo("dispatch", s3.uri("in/"), "--model", model, *args, check=0)
 
     def plan(*extra, model=model_path):
         steps, would, skipped = parse_dry_run(dispatch("--dry-run", *extra, model=model).stdout)

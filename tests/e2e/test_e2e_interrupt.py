@@ -28,6 +28,9 @@ from slowmodel import WORKER_ENV, dump_slow_model
 
 pytestmark = pytest.mark.e2e
 
+ONE_A_JOB = ("--group-size", "1")
+"""These tests count jobs and time slow files one by one: small files are not grouped here."""
+
 BLOCK = 4096
 SLOW = {"VELO_BLOCK_SIZE": str(BLOCK), **WORKER_ENV}
 """Small parser blocks, each predicted by a model sleeping 0.05 s (`slowmodel`): a file of N blocks
@@ -72,7 +75,7 @@ def test_ctrl_c_stops_velo_run_at_once_and_the_same_command_finishes_the_rest(st
         write_csv(data / name, frame)
     model = fit_model()
     model_path = dump_slow_model(model, 0.05, tmp_path / "model.joblib")
-    run = start_velo("run", data, "--model", model_path, "--workers", "2", env=SLOW)
+    run = start_velo("run", data, "--model", model_path, "--workers", "2", *ONE_A_JOB, env=SLOW)
     wait_until(lambda: "enqueued" in run.read_stdout() or run.poll() is not None, 60, message="the dispatch line")
     time.sleep(1.5)  # the workers are mid-file
     assert run.poll() is None, run.describe()
@@ -95,7 +98,7 @@ def test_ctrl_c_stops_velo_run_at_once_and_the_same_command_finishes_the_rest(st
     assert len(done_before) < len(frames), "every file was done before Ctrl-C: the test did not interrupt anything"
 
     # When the same command runs again (not slowed)
-    again = velo("run", data, "--model", model_path, "--workers", "2", timeout=120, env=WORKER_ENV)
+    again = velo("run", data, "--model", model_path, "--workers", "2", *ONE_A_JOB, timeout=120, env=WORKER_ENV)
 
     # Then it scores exactly the files left, and every output is right
     assert again.returncode == 0, velo.describe(again)
@@ -113,7 +116,7 @@ def test_ctrl_c_stops_dispatch_wait_and_leaves_the_batch_to_the_workers(
     for i in range(3):
         write_csv(data / f"{i}.csv", slow_frame(1, BLOCK, seed=i))
     model_path = dump_model(fit_model(), tmp_path / "model.joblib")
-    waiter = start_velo("dispatch", data, "--model", model_path, "--redis", clean_redis, "--wait")
+    waiter = start_velo("dispatch", data, "--model", model_path, "--redis", clean_redis, "--wait", *ONE_A_JOB)
     wait_until(lambda: "enqueued" in waiter.read_stdout() or waiter.poll() is not None, 60, message="dispatch")
     time.sleep(0.5)
     assert waiter.poll() is None, waiter.describe()
@@ -156,7 +159,7 @@ def test_kill_9_of_velo_run_then_the_same_command_scores_every_file(victim, star
     model_path = dump_slow_model(model, 0.05, tmp_path / "model.joblib")
     # A dead worker's lease runs out in 3 s, and is looked for every second
     env = {**SLOW, "VELO_HEARTBEAT_TTL": "3", "VELO_MAINTENANCE_INTERVAL": "1"}
-    run = start_velo("run", data, "--model", model_path, "--workers", "2", env=env)
+    run = start_velo("run", data, "--model", model_path, "--workers", "2", *ONE_A_JOB, env=env)
     wait_until(lambda: len(list(data.glob("*.out.csv"))) >= 2 or run.poll() is not None, 60, message="2 outputs")
     assert run.poll() is None, run.describe()
 
@@ -172,7 +175,9 @@ def test_kill_9_of_velo_run_then_the_same_command_scores_every_file(victim, star
     assert done_before < len(frames), "every file was done: the test killed nothing"
 
     # When the same command runs again (not slowed)
-    again = velo("run", data, "--model", model_path, "--workers", "2", timeout=180, env={**WORKER_ENV, **env})
+    again = velo(
+        "run", data, "--model", model_path, "--workers", "2", *ONE_A_JOB, timeout=180, env={**WORKER_ENV, **env}
+    )
 
     # Then it exits 0 only with every output there and right: no file skipped as "already queued"
     assert again.returncode == 0, velo.describe(again)

@@ -31,7 +31,8 @@ def test_files_whose_jobs_were_removed_are_lost_and_retried(clean_redis, velo, s
         (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(5 + i, seed=i)))
 
     # Given a dispatch of 3 files waiting for its batch, with no worker running
-    waiting = start_velo("dispatch", data, "--model", model, "--redis", clean_redis, "--wait")
+    # (one job a file: this test counts jobs; a group's files are lost together, see test_groups.py)
+    waiting = start_velo("dispatch", data, "--model", model, "--redis", clean_redis, "--wait", "--group-size", "1")
     deadline = time.monotonic() + 60
     while client.llen("rq:queue:velo") < 3:
         assert time.monotonic() < deadline and waiting.poll() is None, waiting.describe()

@@ -69,7 +69,8 @@ def test_dispatch_then_burst_worker_scores_every_file_once_with_an_s3_model(s3, 
     model_uri = s3.uri("models/m.joblib")
 
     # When the folder is dispatched
-    first = velo("dispatch", s3.uri("in/"), "--model", model_uri, "--redis", clean_redis, check=0)
+    # (one job a file: the queue's length is checked; grouped small files: test_e2e_groups.py)
+    first = velo("dispatch", s3.uri("in/"), "--model", model_uri, "--redis", clean_redis, "--group-size", "1", check=0)
 
     # Then five jobs are enqueued on the `velo` queue
     batch_id, enqueued, skipped = parse_dispatch(first.stdout)

@@ -5,8 +5,10 @@
 --   queues, then per file: its jobs' keys, and its shards' progress key if it is sharded.
 -- ARGV: queue key, options key, options JSON, now, n = length of the job hash template, the
 --   template (field, value, ...: RQ's own serialization of the job, the same for every job of a
---   chunk), then per file: its URI, its job count, 1 if sharded else 0, then (job id, payload) per job.
--- Returns per file 1 if its jobs were added, 0 if one of them was there already.
+--   chunk), then per file: its URI, its job count, 1 if sharded, 2 if a group of small files (then
+--   its file count m and the m files' URIs, the first being its own), else 0, then (job id,
+--   payload) per job. A group is one job whose files each get their state, naming that job.
+-- Returns per file (or group) 1 if its jobs were added, 0 if one of them was there already.
 -- The options stay while their batch has work, and expire with it (state.lua): the batch names
 -- them. Options written for files all refused expire after the retention (604800: the default).
 local retention = tonumber(redis.call('HGET', KEYS[4], 'retention')) or 604800
@@ -18,6 +20,12 @@ local a, k = 6 + n, 8
 local added = {}
 while a <= #ARGV do
   local file, jobs, sharded = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
+  local files = {file}
+  if ARGV[a + 2] == '2' then
+    local m = tonumber(ARGV[a + 3])
+    files = {unpack(ARGV, a + 4, a + 3 + m)}
+    a = a + 1 + m
+  end
   local free = true
   for j = 0, jobs - 1 do
     if redis.call('EXISTS', KEYS[k + j]) == 1 then free = false; break end
@@ -39,7 +47,9 @@ while a <= #ARGV do
       redis.call('PERSIST', ARGV[2])
       named = true
     end
-    set_state(KEYS[3], KEYS[4], KEYS[5], KEYS[6], file, 'queued', 0, '', ARGV[4], table.concat(ids, ','))
+    for _, f in ipairs(files) do
+      set_state(KEYS[3], KEYS[4], KEYS[5], KEYS[6], f, 'queued', 0, '', ARGV[4], table.concat(ids, ','))
+    end
   end
   added[#added + 1] = free and 1 or 0
   k = k + jobs + (sharded and 1 or 0)
