@@ -42,6 +42,8 @@ DISPATCH_DEFAULTS: dict[str, Any] = {
     "shadow_output": None,
     "shadow_sha256": None,
     "engine": "sklearn",
+    "group_size": 64,
+    "group_bytes": "4MB",
 }
 """`velo dispatch`'s options by their Python names (``keep`` and ``features``: comma-separated)."""
 
@@ -131,7 +133,8 @@ class Client:
 
         ``options`` are `velo dispatch`'s: ``patterns``, ``output``, ``suffix``, ``keep``,
         ``proba``, ``force``, ``model_sha256``, ``features``, ``sep``, ``encoding``, ``shard_size``, ``stats``,
-        ``engine``, ``shadow``, ``shadow_output``, ``shadow_sha256`` (champion vs challenger).
+        ``engine``, ``group_size``, ``group_bytes`` (small files together), ``shadow``, ``shadow_output``,
+        ``shadow_sha256`` (champion vs challenger).
         """
         from dispatcher.enqueue import dispatch_batch
         from velosiped import storage

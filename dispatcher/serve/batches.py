@@ -9,7 +9,7 @@ a token is set.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -42,6 +42,9 @@ class DispatchOptions(BaseModel):
     shadow: str | None = None
     shadow_output: str | None = None
     shadow_sha256: str | None = None
+    engine: Literal["sklearn", "treelite"] = "sklearn"
+    group_size: int = Field(default=64, ge=1)
+    group_bytes: str = "4MB"
     timeout: int = 6 * 3600
 
 
@@ -81,6 +84,9 @@ def router(conn: Callable[[], redis.Redis], queue: str, authorize: Callable[[Req
             o.shadow,
             o.shadow_output,
             o.shadow_sha256,
+            o.engine,
+            o.group_size,
+            o.group_bytes,
         )
         if opts.output:
             check_path(opts.output)

@@ -52,3 +52,16 @@ def test_importing_velosiped_loads_neither_side_nor_pandas():
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     )
+
+
+def test_the_python_api_and_the_batch_api_default_to_velo_dispatch_options(tmp_path):
+    # The CLI is a thin layer: velosiped.Client.dispatch and POST /v1/batches plan a batch with
+    # the options `velo dispatch` takes when none are given (small files grouped, statistics on)
+    from dispatcher.cli import cli
+    from dispatcher.serve.batches import DispatchOptions
+    from velosiped.api import DISPATCH_DEFAULTS
+
+    defaults = {p.name: p.default for p in cli.commands["dispatch"].params}
+    for name in ("group_size", "group_bytes", "stats", "engine", "suffix", "sep", "encoding"):
+        assert DISPATCH_DEFAULTS[name] == defaults[name], name
+        assert getattr(DispatchOptions(), name) == defaults[name], name
