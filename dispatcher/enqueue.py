@@ -215,10 +215,13 @@ def _groupable(item: Planned, opts: Options) -> bool:
 
 
 def grouped(todo: list[Planned], opts: Options, batch_id: str) -> list[list[Payload]]:
-    """Each file's jobs (see :func:`payloads_for`), small files joined into groups of up to
-    --group-size files in listing order: one job, whose payload names each file's own fields."""
+    """Each file's jobs (see :func:`payloads_for`), small files joined in listing order into groups
+    of up to --group-size files and about --group-bytes in all: one job, whose payload names each
+    file's own fields. The bytes bound keeps a job small, so files of a few MB still spread over
+    every worker instead of filling a few jobs."""
     files: list[list[Payload]] = []
     group: list[Payload] = []
+    size = 0
 
     def close() -> None:
         if len(group) == 1:
@@ -234,8 +237,10 @@ def grouped(todo: list[Planned], opts: Options, batch_id: str) -> list[list[Payl
             files.append(payloads_for(item, opts, batch_id))
             continue
         group.append(payload_for(item, opts, batch_id))
-        if len(group) >= opts.group_size:
+        size += item.info.size
+        if len(group) >= opts.group_size or size >= opts.group_bytes:
             close()
+            size = 0
     close()
     return files
 

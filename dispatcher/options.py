@@ -55,7 +55,10 @@ group_size_help = (
     "Score up to this many small files in one job, with one predict over their rows; each file still "
     "gets its own output, lineage and state (1: one job a file)."
 )
-group_bytes_help = "Files below this size may share a job (see --group-size; bytes, or 4MB, 512KB)."
+group_bytes_help = (
+    "Files below this size may share a job, and a job's files stop there in all, so bigger files still "
+    "spread over every worker (see --group-size; bytes, or 4MB, 512KB)."
+)
 shadow_output_help = (
     "Where the challenger's outputs go, keeping relative paths (required with --shadow; outside SOURCE "
     "and apart from --output)."

@@ -169,8 +169,9 @@ def test_chaos_random_sigkills_lose_no_file_and_write_each_output_once(
     workers = [start_velo("worker", "--redis", clean_redis, env=env) for _ in range(3)]
     everyone = list(workers)
 
-    # When the folder is dispatched
-    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), "--redis", clean_redis, check=0)
+    # When the folder is dispatched, one job a file (kills land between files; groups: test_e2e_groups)
+    args = ("--redis", clean_redis, "--group-size", "1")
+    dispatched = velo("dispatch", s3.uri("in/"), "--model", slow_model(0.25), *args, check=0)
     batch_id, enqueued, _ = find_dispatch_line(dispatched.stdout)
     assert enqueued == 50
     # And every ~3 s a random worker is killed with SIGKILL and a replacement started

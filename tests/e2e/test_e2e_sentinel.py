@@ -203,7 +203,8 @@ def test_sigkill_of_the_primary_mid_batch_loses_no_file(start_sentinels, velo, s
     ]
 
     # When the files are dispatched, and the dispatch waits for them
-    waiting = start_velo("dispatch", data, "--model", slow, "--redis", url, "--wait", env=SLOW)
+    # (one job a file: the kill lands mid-batch, between files; groups have test_e2e_groups)
+    waiting = start_velo("dispatch", data, "--model", slow, "--redis", url, "--wait", "--group-size", "1", env=SLOW)
     # And the primary is killed with SIGKILL once the first files are done, mid-batch
     wait_until(lambda: len(outputs(data)) >= 3 or waiting.poll() is not None, 60, message="the first outputs")
     done_before = len(outputs(data))
@@ -228,7 +229,9 @@ def test_sigkill_of_the_primary_mid_batch_loses_no_file(start_sentinels, velo, s
     assert outputs(data) == expected
 
     # When the folder is dispatched again (what an operator does after a failover)
-    again = velo("dispatch", data, "--model", slow, "--redis", url, "--wait", env=SLOW, check=0, timeout=120)
+    again = velo(
+        "dispatch", data, "--model", slow, "--redis", url, "--wait", "--group-size", "1", env=SLOW, check=0, timeout=120
+    )
     # Then it enqueues only files whose outcome the promoted replica never received (writes of the
     # old primary not yet replicated when it died: Redis replicates asynchronously) and whose output
     # is missing; on loopback that is usually none, and every file is "already done" by its output

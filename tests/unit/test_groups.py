@@ -40,6 +40,13 @@ def test_small_files_join_groups_of_group_size_in_listing_order_and_others_stay_
     assert [(m["input_version"], m["output"]) for m in members(first)][1] == ("v-1.csv", "/d/1.csv.out")
 
 
+def test_a_group_stops_at_about_group_bytes_in_all_so_files_of_a_few_mb_spread_over_workers():
+    # Files of 400 B under a 1,000 B --group-bytes: three fill a job (1,200 B), not --group-size's four
+    todo = [item(f"{i}.csv", size=400) for i in range(7)]
+    sizes = [len(members(g[0])) for g in grouped(todo, OPTS, "b")]
+    assert sizes == [3, 3, 1]
+
+
 def test_group_size_one_or_a_challenger_keeps_one_job_a_file():
     todo = [item(f"{i}.csv") for i in range(5)]
     assert all(not g[0].get("group") for g in grouped(todo, replace(OPTS, group_size=1), "b"))
