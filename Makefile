@@ -58,7 +58,7 @@ bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk
 	            "bench.memory --size-gb 5 --s3-gb $(if $(FULL),1 --full,0.5)" \
 	            "bench.big_model --model-mb 600 $(if $(FULL),--reps 2,--rows 10000 --reps 1)" \
 	            "bench.serve --reps 3 --seconds 10" \
-	            "bench.stats_overhead" \
+	            "bench.stats_overhead --run-reps 9 --reps 7" \
 	            "bench.drift_evidently" \
 	            "bench.shadow" \
 	            "bench.engine --reps 3" \
