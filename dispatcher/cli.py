@@ -173,12 +173,7 @@ def dispatch(source: str, redis_url: str | None, queue: str, wait: bool, dry_run
 
 @cli.command(epilog=HELP_EPILOG)
 @dispatch_options
-@click.option(
-    "--workers",
-    type=int,
-    default=None,
-    help="Local worker processes at most (default: CPU count; no more than the jobs).",
-)
+@click.option("--workers", type=int, default=None, help="Local worker processes (default: CPU count).")
 @redis_option
 @handle_errors
 def run(
@@ -234,17 +229,13 @@ def run_batch(
     # nothing then.
     planning = Background(lambda: list(plan(source, opts)))
     conn, url = redis_and_model(redis_url, opts, load_model=True)
-    planned = planning.result()
-    # Workers start before the first file is enqueued, so they are ready for it; never more than
-    # there are jobs (a file, or a shard of one) to take: an idle worker only costs its start.
+    # Workers start first, so they are ready when the first file is enqueued.
     # A local batch never imports boto3 (0.1-0.3 s of start-up); a job on S3 would import it then.
-    jobs = sum(max(1, len(p.shards)) for p in planned if p.enqueue)
-    n = max(1, min(workers or os.cpu_count() or 1, jobs))
     s3 = storage.is_s3(source)
     created: list[str] = []
     try:
-        with local_workers(url, opts, queue, n, log_path, s3=s3) as procs:
-            batch = do_dispatch(conn, queue, source, opts, False, timeout, created, planned)
+        with local_workers(url, opts, queue, workers or os.cpu_count() or 1, log_path, s3=s3) as procs:
+            batch = do_dispatch(conn, queue, source, opts, False, timeout, created, planning.result())
             assert batch is not None  # not a dry run
             alive = lambda: any(p.is_alive() for p in procs)  # noqa: E731
             waited = status_mod.wait(conn, batch.id, progress, alive=alive) if batch.enqueued else {}

@@ -96,21 +96,3 @@ def test_run_with_a_model_fitted_without_names_uses_every_column_in_order(velo, 
     # Then the output has every input column and the model's predictions
     assert result.returncode == 0, velo.describe(result)
     assert_output_matches(read_output(data / "plain.out.csv"), expected_output(frame, model))
-
-
-def test_run_starts_no_more_workers_than_there_are_jobs(velo, tmp_path):
-    # Given one small file, and velo run asked for four workers, with a state folder of its own
-    data = tmp_path / "data"
-    frame = make_frame(10, seed=4)
-    write_csv(data / "only.csv", frame)
-    model = fit_model()
-    model_path = dump_model(model, tmp_path / "model.joblib")
-    state = tmp_path / "state"
-
-    # When it runs
-    velo("run", data, "--model", model_path, "--workers", "4", env={"VELO_STATE_DIR": str(state)}, check=0)
-
-    # Then one worker did the one job (the others would only have cost their start), and the output is right
-    [log] = list(state.glob("run-*.log"))
-    assert len(re.findall(r"Worker \S+: started with PID", log.read_text())) == 1, log.read_text()
-    assert_output_matches(read_output(data / "only.out.csv"), expected_output(frame, model))
