@@ -10,6 +10,7 @@ import fnmatch
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from dispatcher import sharding
 from velosiped import storage
@@ -177,24 +178,26 @@ def _reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Opt
 def _challenger_reason(info: storage.ObjectInfo, shadow: str, existing: set[str], opts: Options, params: str) -> str:
     """The champion's output is current: is the challenger's? (Its own lineage, or its own failure
     on this very input, model and options, settles it.)"""
+    made_from = (info.version, opts.shadow_version, params)
     if shadow in existing:
         made = storage.read_lineage(shadow) or {}
-        if (made.get("velo-input-version"), made.get("velo-model-version"), made.get("velo-params")) == (
-            info.version,
-            opts.shadow_version,
-            params,
-        ):
-            return "already done"
-        return "challenger changed"
+        return "already done" if _from(made, _LINEAGE_FIELDS) == made_from else "challenger changed"
     if error_uri(shadow) in existing:
         failed = storage.read_json(error_uri(shadow)) or {}
-        if (failed.get("input_version"), failed.get("model_version"), failed.get("params")) == (
-            info.version,
-            opts.shadow_version,
-            params,
-        ):
+        if _from(failed, _ERROR_FIELDS) == made_from:
             return "already done"
     return "challenger new"
+
+
+_LINEAGE_FIELDS = ("velo-input-version", "velo-model-version", "velo-params")
+"""What an output's lineage says it was made from: input version, model version, options."""
+_ERROR_FIELDS = ("input_version", "model_version", "params")
+"""The same, in a failed file's error record."""
+
+
+def _from(record: dict[str, Any], fields: tuple[str, str, str]) -> tuple[Any, ...]:
+    """The input version, model version and options ``record`` names under ``fields``."""
+    return tuple(record.get(f) for f in fields)
 
 
 def _champion_reason(info: storage.ObjectInfo, output: str, existing: set[str], opts: Options, params: str) -> str:
@@ -213,10 +216,6 @@ def _champion_reason(info: storage.ObjectInfo, output: str, existing: set[str], 
         failed = storage.read_json(error_uri(output)) or {}
         if failed.get("kind", "input") not in FAILED_FOR_GOOD:
             return "new"  # storage trouble (or a configuration since fixed, maybe): try it again
-        if (failed.get("input_version"), failed.get("model_version"), failed.get("params")) == (
-            info.version,
-            opts.model_version,
-            params,
-        ):
+        if _from(failed, _ERROR_FIELDS) == (info.version, opts.model_version, params):
             return "failed before"
     return "new"
