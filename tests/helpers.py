@@ -355,3 +355,22 @@ def push_job(queue, job_id: str, payload: dict, **enqueue: object):
     conn.set(f"velo:options:{digest}", options)
     conn.hset("velo:payloads", job_id, json.dumps([digest, *(payload[k] for k in own)]))
     return queue.enqueue_call("worker.task.score", job_id=job_id, **enqueue)
+
+
+def a_payload(**fields: object) -> dict:
+    """A job payload with every required field (one local file, one model), ``fields`` set on top."""
+    return {
+        "input": "/a.csv",
+        "input_version": "v",
+        "output": "/a.out.csv",
+        "model": "/m",
+        "model_version": "m",
+        "model_sha256": None,
+        "keep": None,
+        "proba": False,
+        "features": None,
+        "sep": ",",
+        "encoding": "utf-8",
+        "batch": "b",
+        **fields,
+    }

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import feature_names, make_frame
+from helpers import a_payload, feature_names, make_frame
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -177,20 +177,7 @@ def test_a_scored_file_is_byte_for_byte_what_scikit_learn_writes_but_for_float_l
 
 
 def test_the_payload_takes_an_engine_and_refuses_an_unknown_one():
-    base = {
-        "input": "a.csv",
-        "input_version": "v",
-        "output": "a.out.csv",
-        "model": "m",
-        "model_version": "v",
-        "model_sha256": None,
-        "keep": None,
-        "proba": False,
-        "features": None,
-        "sep": ",",
-        "encoding": "utf-8",
-        "batch": "b",
-    }
+    base = a_payload()
     assert validate({**base, "engine": "treelite"})["engine"] == "treelite"
     assert "engine" not in validate(dict(base))
     with pytest.raises(Exception, match="engine must be one of sklearn, treelite"):

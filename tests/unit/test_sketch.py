@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from tests.helpers import csv_bytes, fit_model, make_frame
+from tests.helpers import a_payload, csv_bytes, fit_model, make_frame
 from velosiped import keys
 from velosiped.jobs import validate
 from velosiped.sketch import MAX_BUCKETS, Sketch, Stats, load_batch, store
@@ -149,20 +149,7 @@ def test_stored_per_file_merged_on_read_a_failed_file_dropped_expiring_with_the_
 
 
 def test_payload_stats_option():
-    base = {
-        "input": "/a.csv",
-        "input_version": "v",
-        "output": "/a.out.csv",
-        "model": "/m",
-        "model_version": "m",
-        "model_sha256": None,
-        "keep": None,
-        "proba": False,
-        "features": None,
-        "sep": ",",
-        "encoding": "utf-8",
-        "batch": "b",
-    }
+    base = a_payload()
     assert validate({**base, "stats": True})["stats"] is True
     assert "stats" not in validate(dict(base))
     with pytest.raises(Exception, match="stats"):
