@@ -387,8 +387,24 @@ def local_workers(url: str, opts: Options, queue: str, n: int, log_path: str, *,
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        deadline = time.monotonic() + STOP_GRACE
         for p in procs:
+            p.join(max(deadline - time.monotonic(), 0))
+        stuck = [p for p in procs if p.is_alive()]
+        for p in stuck:  # its file, if any, is whole or absent: the next run scores it
+            p.kill()
             p.join()
+        if stuck:
+            err_console.print(
+                f"velo: {len(stuck)} worker(s) did not stop within {STOP_GRACE:.0f} s of SIGTERM; killed "
+                f"(see {log_path})",
+                markup=False,
+            )
+
+
+STOP_GRACE = 60.0
+"""Seconds `velo run` gives its workers to stop after SIGTERM (finishing the file in hand) before it
+kills them: a worker stuck on its way out never holds the command forever."""
 
 
 def stop_now(procs: list[Any], grace: float = 1.5) -> None:

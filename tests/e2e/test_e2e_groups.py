@@ -199,8 +199,9 @@ def test_a_worker_killed_mid_group_has_the_group_redone_with_whole_outputs(s3, c
     dispatched = velo("dispatch", s3.uri("in/"), "--model", slow, "--redis", clean_redis)
     batch_id, enqueued, _ = find_dispatch_line(dispatched.stdout)
     assert enqueued == 6
+    # (a layout's three outputs are written side by side: wait for the three, not the first one seen)
     first = wait_until(
-        lambda: [i for i in range(6) if s3.exists(f"in/{i}.out.csv")],
+        lambda: found if len(found := [i for i in range(6) if s3.exists(f"in/{i}.out.csv")]) >= 3 else None,
         timeout=60,
         interval=0.1,
         message="the first outputs of the group\n" + worker_a.describe(),
