@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import a_payload, csv_bytes, fit_model, make_frame
 from velosiped import keys
 from velosiped.jobs import validate
-from velosiped.sketch import MAX_BUCKETS, Sketch, Stats, load_batch, store
+from velosiped.sketch import MAX_BUCKETS, STORED_BUCKETS, Sketch, Stats, load_batch, store
 from velosiped.state import FileState, set_state
 from worker.scoring import score_stream
 
@@ -280,10 +280,47 @@ def test_class_labels_counted_as_before_whatever_their_type():
 def test_entries_with_coarser_buckets_are_version_2_older_ones_still_read():
     stats = Stats()
     stats.start(["a"], labels=False)
-    stats.update([np.random.default_rng(10).normal(size=5_000)], np.zeros(5_000))
+    rng = np.random.default_rng(10)
+    stats.update([rng.normal(size=5_000)], rng.normal(size=5_000))
     assert '"v":1' in stats.to_json()  # full resolution: as before
     compact = stats.to_json(64)
     assert '"v":2' in compact  # coarser buckets: a reader of version 1 refuses it rather than misread it
     assert Stats.from_json(compact).features["a"].bits < Stats.from_json(stats.to_json()).features["a"].bits
     with pytest.raises(ValueError, match="version"):
-        Stats.from_json(compact.replace('"v":2', '"v":3'))
+        Stats.from_json(compact.replace('"v":2', '"v":4'))
+
+
+def test_a_small_files_buckets_are_counted_sorted_and_stored_as_lists_the_same_buckets():
+    """A 10-row file's buckets are counted by sorting its few keys (not densely over their span)
+    and stored as plain lists (version 3): the same buckets and counts as the dense count and the
+    packed form give; a reader of versions 1 and 2 refuses it."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(20, 10)) * np.logspace(-3, 3, 20)[:, None]
+    x[3, 4] = 0.0
+    small = Stats()
+    small.start([f"f{i}" for i in range(20)], labels=False)
+    small.update(list(x), rng.normal(size=10))
+    for row, sketch in zip(x, small.features.values(), strict=True):
+        dense = Sketch()
+        dense._add_dense(*_dense_counts(row))
+        assert sketch.keys.tolist() == dense.keys.tolist() and sketch.weights.tolist() == dense.weights.tolist()
+    text = small.to_json(STORED_BUCKETS)
+    assert '"v":3' in text and '"b"' not in text
+    back = Stats.from_json(text)
+    for name, sketch in small.features.items():
+        assert back.features[name].keys.tolist() == sketch.keys.tolist()
+        assert back.features[name].weights.tolist() == sketch.weights.tolist()
+        assert back.features[name].quantile(0.5) == sketch.quantile(0.5)
+    assert back.prediction.keys.tolist() == small.prediction.keys.tolist()
+    merged = Stats().merge_all([back, Stats.from_json(text)])
+    assert merged.features["f0"].weights.sum() == 20 and merged.rows == 20
+    with pytest.raises(ValueError, match="version"):
+        Stats.from_json(text.replace('"v":3', '"v":4'))
+
+
+def _dense_counts(values: np.ndarray) -> tuple[int, np.ndarray]:
+    """Bucket counts of ``values`` the dense way: the lowest key and a count for each key from it."""
+    from velosiped.sketch import _keys
+
+    key = _keys(values)
+    return int(key.min()), np.bincount(key - key.min())
