@@ -34,16 +34,19 @@ def _under(uri: str, prefix: str) -> bool:
 
 def check_path(uri: str, setting: Prefixes = settings.ALLOWED_PREFIXES) -> str:
     """Refuse ``uri`` unless it is absolute (or S3), has no ``..`` segment, and really lies under one
-    of ``setting``'s prefixes (when set). Returns where it really is.
+    of ``setting``'s prefixes (when set). Returns where it really is (``uri`` itself when no prefix
+    is set).
 
     Raises:
         ConfigError: one line naming ``uri``, where it resolves to, and the variable.
     """
     if ".." in uri.split("/") or not (storage.is_s3(uri) or uri.startswith("/")):
         raise ConfigError(f"{uri}: relative or '..' paths are refused")
-    real = real_path(uri)
     given = [storage.normalize(p) for p in setting.get()]
-    if not given or any(_under(real, real_path(p)) for p in given):
+    if not given:
+        return uri  # nothing to be under: the symlinks need not be resolved (a syscall a path segment)
+    real = real_path(uri)
+    if any(_under(real, real_path(p)) for p in given):
         return real
     what = "model" if setting is settings.MODEL_PREFIXES else "path"
     where = f"{what} outside" if real == uri.rstrip("/") or real == uri else f"resolves to {real}, outside"

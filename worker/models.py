@@ -21,7 +21,7 @@ import botocore.exceptions
 from threadpoolctl import threadpool_limits
 
 from velosiped import settings, storage
-from velosiped.access import check_path
+from velosiped.access import check_path, real_path
 from velosiped.errors import InputError, VeloError
 from velosiped.models import sha256_of
 from worker import metrics
@@ -141,7 +141,7 @@ def load(uri: str, version: str, sha256: str | None = None) -> Any:
         model, digest = _cache[key]
         _check_pin(uri, digest, sha256)
         return model
-    path = _local_copy(check_path(uri, settings.MODEL_PREFIXES), version)
+    path = _local_copy(real_path(check_path(uri, settings.MODEL_PREFIXES)), version)
     global loads
     started = time.perf_counter()
     # The bytes hashed are the bytes unpickled: they are copied, as they are hashed, into a file

@@ -28,10 +28,11 @@ def refusal(uri, setting=settings.ALLOWED_PREFIXES) -> str:
     return str(e.value)
 
 
-def test_without_prefixes_any_absolute_path_passes_and_comes_back_resolved(tmp_path, monkeypatch):
+def test_without_prefixes_any_absolute_path_passes_as_given(tmp_path, monkeypatch):
+    """Nothing to be under: the path is not resolved (one syscall a segment, per file of a job)."""
     monkeypatch.delenv("VELO_ALLOWED_PREFIXES", raising=False)
     (tmp_path / "link").symlink_to(tmp_path)
-    assert check_path(str(tmp_path / "link" / "x.csv")) == os.path.realpath(tmp_path / "x.csv")
+    assert check_path(str(tmp_path / "link" / "x.csv")) == str(tmp_path / "link" / "x.csv")
     assert check_path("s3://b/k/x.csv") == "s3://b/k/x.csv"
 
 
