@@ -191,3 +191,40 @@ def test_a_group_with_a_bad_file_fails_its_job_naming_it_and_rq_requeue_rescores
     assert (b["done"], b["failed"], b["rows"]) == (5, 0, 20)
     assert (data / "2.out.csv").exists() and not (data / "2.out.csv.error.json").exists()
     assert {p.name: p.stat().st_mtime_ns for p in data.glob("*.out.csv") if p.name != "2.out.csv"} == made
+
+
+def test_a_groups_features_are_cast_at_once_and_a_file_with_a_non_number_is_left_to_score_alone():
+    """Each feature column of a group's rows is cast once for all its files; NA-like cells are NaN
+    as in a file of its own; a file holding a non-number is left out (the one-file path says where)
+    and the others' numbers are the ones each would have had alone."""
+    import numpy as np
+    import pyarrow as pa
+
+    from velosiped.frames import FeatureSpec
+    from worker.groups import _File, _numbers
+
+    model = fit_model()
+    texts = {"a": "f0,f1,f2,f3\n1,2,3,4\n5,6,7,8\n", "b": "f0,f1,f2,f3\n9,NA,,1.5\n", "c": "f0,f1,f2,f3\n1,x,3,4\n"}
+    files = []
+    for name, text in texts.items():
+        rows = [line.split(",") for line in text.splitlines()]
+        table = pa.table({c: [r[i] for r in rows[1:]] for i, c in enumerate(rows[0])})
+        batch = table.to_batches()[0]
+        spec = FeatureSpec(model, rows[0], name)
+        files.append(_File({"input": name}, [batch], spec, rows[0], [*rows[0], "prediction"]))  # type: ignore[arg-type]
+
+    # When all three are cast at once
+    good, joined = _numbers(files)
+
+    # Then c is left out, and a's and b's numbers are as each alone (views of one joined column)
+    assert [f.p["input"] for f in good] == ["a", "b"]
+    assert [list(col) for col in files[0].columns[0]] == [[1, 5], [2, 6], [3, 7], [4, 8]]
+    assert files[1].columns[0][0].tolist() == [9] and np.isnan(files[1].columns[0][1][0])
+    assert np.isnan(files[1].columns[0][2][0]) and files[1].columns[0][3].tolist() == [1.5]
+    assert len(joined) == 4 and joined[0].tolist() == [1, 5, 9]
+
+    # And without the bad file, one cast gives the same numbers
+    for f in files:
+        f.columns = []
+    good, joined = _numbers(files[:2])
+    assert len(good) == 2 and joined[0].tolist() == [1, 5, 9] and files[0].columns[0][1].tolist() == [2, 6]
