@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
-__all__ = ["script", "source"]
+__all__ = ["preload", "script", "source"]
 
 _registered: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -23,8 +23,19 @@ _registered: dict[tuple[int, tuple[str, ...]], Any] = {}
 @cache
 def source(*names: str) -> str:
     """The text of the named files of ``velosiped/scripts/``, in order, as one script."""
+    return "\n".join(_texts()[name] for name in names)
+
+
+@cache
+def _texts() -> dict[str, str]:
+    """Every script's text, by file name: read once, before a pool forks (see ``preload``)."""
     folder = resources.files("velosiped") / "scripts"
-    return "\n".join((folder / name).read_text(encoding="utf-8") for name in names)
+    return {f.name: f.read_text(encoding="utf-8") for f in folder.iterdir() if f.name.endswith(".lua")}
+
+
+def preload() -> None:
+    """Read the scripts now, in a process about to fork workers: each then has them in memory."""
+    _texts()
 
 
 def script(redis: Redis | Pipeline, *names: str) -> Any:

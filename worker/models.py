@@ -46,10 +46,10 @@ THREADS_ENV = settings.THREADS.env
 """Threads each worker process lets a model's BLAS/OpenMP use (set by `--processes`: cores / processes)."""
 
 
-def limit_threads() -> None:
-    """Cap the model libraries' thread pools at ``VELO_THREADS``, so N worker processes on N cores
-    do not run N x N threads (HistGradientBoosting's OpenMP would by default)."""
-    threads = settings.THREADS.get()
+def limit_threads(threads: int | None = None) -> None:
+    """Cap the model libraries' thread pools at ``threads`` (default: ``VELO_THREADS``), so N worker
+    processes on N cores do not run N x N threads (HistGradientBoosting's OpenMP would by default)."""
+    threads = threads or settings.THREADS.get()
     if threads:
         threadpool_limits(int(threads))
 

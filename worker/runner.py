@@ -44,7 +44,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from velosiped import logs, payloads, settings, storage
+from velosiped import logs, lua, payloads, settings, storage
 from velosiped.connection import fail_fast, redis_client, watch_redis
 from velosiped.errors import EXIT_USAGE, FileFailed, InputError, redact
 from velosiped.jobs import FAILURE_CALLBACK, TASK, Payload, describe, job_meta
@@ -308,6 +308,11 @@ def fork_workers(
         storage.preload()
     import worker.task  # noqa: F401  # the job's own modules (pyarrow.csv, scoring...): imported once, shared
 
+    # The thread caps, applied once here: the children inherit them (threadpoolctl looks at every
+    # library loaded, realpath and all: 40-130 ms a process, in each worker before its first job).
+    models.limit_threads(settings.THREADS.get() or _share(n))
+    lua.preload()
+
     gc.freeze()  # the collector then never writes to the shared pages (imports, the model)
     ctx = multiprocessing.get_context("fork")
     procs: list[multiprocessing.process.BaseProcess] = [
@@ -327,7 +332,11 @@ def share_cores(processes: int) -> None:
 
 def _set_share(processes: int) -> None:
     """``VELO_THREADS``, unless set: each of ``processes`` workers' share of the cores."""
-    os.environ.setdefault(models.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
+    os.environ.setdefault(models.THREADS_ENV, str(_share(processes)))
+
+
+def _share(processes: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(processes, 1))
 
 
 def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool, parent: int) -> None:
@@ -339,9 +348,9 @@ def _forked_worker(url: str, queue: str, log_path: str, processes: int, s3: bool
     _stop_with(parent)
     logs.configure("text")
     os.environ["REDIS_URL"] = url
-    _set_share(processes)  # applied once, by run_workers (threadpoolctl looks at every library loaded: ~20 ms)
+    _set_share(processes)  # for libraries loaded from now on; those loaded already are capped (fork_workers)
     VeloWorker.stop_on_interrupt = True  # this process is one `velo run` worker: Ctrl-C stops it now
-    run_workers(redis_client(url), queue, url=url, processes=1, s3=s3)
+    run_workers(redis_client(url), queue, url=url, processes=1, s3=s3, capped=True)
 
 
 def _stop_with(parent: int) -> None:
@@ -354,14 +363,27 @@ def _stop_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_workers(conn: Redis, queue: str, *, url: str, processes: int = 1, burst: bool = False, s3: bool = True) -> bool:
+def run_workers(
+    conn: Redis,
+    queue: str,
+    *,
+    url: str,
+    processes: int = 1,
+    burst: bool = False,
+    s3: bool = True,
+    capped: bool = False,
+) -> bool:
     """Work ``queue`` of ``conn`` (a client of ``url``) with ``processes`` workers until stopped
-    (``burst``: until it is empty); True if a SIGINT (Ctrl-C) stopped them.
+    (``burst``: until it is empty); True if a SIGINT (Ctrl-C) stopped them. ``capped``: the thread
+    caps were applied before this process was forked.
 
     Several processes come from RQ's ``WorkerPool``, which forks N workers (sharing the
     model already loaded here copy-on-write), restarts any that die and passes SIGTERM on.
     """
-    share_cores(processes)
+    if capped:
+        _set_share(processes)
+    else:
+        share_cores(processes)
     if s3:  # not in the first job; before forking, once for every worker
         storage.preload()
     if processes <= 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -42,3 +43,28 @@ def test_the_embedded_redis_is_stopped_without_polling_for_its_end() -> None:
     # Then it is gone when the call returns (its pidfd woke the wait), long before the 5 s limit
     assert time.monotonic() - started < 2
     assert proc.wait(timeout=1) == -signal.SIGKILL
+
+
+CAPS_INHERITED = """
+import json, os
+import sklearn.ensemble  # OpenMP and OpenBLAS loaded, as a preloaded model has them
+from threadpoolctl import threadpool_info
+from worker import models
+models.limit_threads(1)
+pid = os.fork()
+if pid == 0:
+    print(json.dumps(sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info()})), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_thread_caps_set_before_forking_hold_in_the_forked_workers() -> None:
+    # fork_workers caps the model libraries' threads once, in velo run's process: its workers,
+    # forked from it, then need not look at every library again (40-130 ms each before its first job)
+    out = subprocess.run(
+        [sys.executable, "-c", CAPS_INHERITED], capture_output=True, text=True, check=True, cwd=ROOT, timeout=60
+    )
+    caps = json.loads(out.stdout)
+    assert {api for api, _ in caps} >= {"openmp", "openblas"}
+    assert {n for _, n in caps} == {1}, caps
