@@ -36,7 +36,7 @@ from velosiped.frames import FeatureSpec, assemble, classes_of, kept_columns, ru
 from velosiped.jobs import Payload, lineage, members
 from velosiped.sketch import Stats
 from velosiped.state import FileState, set_state
-from worker import engine, metrics, models
+from worker import engine, metrics, models, shards
 from worker.scoring import Dialect, _csv_blocks, _CsvOut
 
 __all__ = ["score_group"]
@@ -114,7 +114,7 @@ def score_group(
                 set_state(pipe, m["batch"], m["input"], FileState.DONE, rows=n)
             pipe.execute()
     seconds = time.perf_counter() - started
-    _each(_drop_stale_error, [m for m, _, _ in done], threads)
+    shards.drop_stale_errors([m for m, _, _ in done])
     for m, n, _ in done:  # scored together: each file's seconds are the group's so far
         metrics.file_done(n, seconds / max(len(done), 1))
         rows += n
@@ -274,7 +274,7 @@ def _write(f: _File, prediction: np.ndarray, probabilities: np.ndarray | None, m
     try:
         if stats is not None:
             stats.start(f.spec.columns, labels=hasattr(model, "classes_"))
-        with storage.write_atomic(m["output"], lineage(m)) as dst:
+        with storage.write_atomic(m["output"], lineage(m), small=True) as dst:  # grouped: its input is small
             out = _CsvOut(dst, f.names, m["sep"])
             start = 0
             for b, cols in zip(f.batches, f.columns, strict=True):
@@ -294,9 +294,3 @@ def _write(f: _File, prediction: np.ndarray, probabilities: np.ndarray | None, m
     except Exception as e:  # the one-file path writes it again, or fails it in its words
         log.info("%s: written alone after %s", m["input"], type(e).__name__)
         return False, None
-
-
-def _drop_stale_error(m: Payload) -> None:
-    from worker import shards
-
-    shards.drop_stale_error(m)

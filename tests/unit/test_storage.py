@@ -31,6 +31,50 @@ def test_s3_write_is_aborted_on_error_and_complete_with_metadata_on_success(mock
     assert storage.read_lineage("s3://bkt/o/1.out.csv") == {"velo-batch": "x"}
 
 
+def test_a_small_s3_write_is_one_put_with_its_metadata_and_nothing_on_error(mock_s3, monkeypatch):
+    """A group's outputs are small: one PutObject each (not a multipart upload's three requests)."""
+    calls: list[str] = []
+    monkeypatch.setattr(storage.s3.client(), "_make_api_call", _counting(storage.s3.client()._make_api_call, calls))
+    with (
+        pytest.raises(RuntimeError),
+        storage.write_atomic("s3://bkt/o/2.out.csv", {"velo-batch": "x"}, small=True) as out,
+    ):
+        out.write(b"a,prediction\n1,0\n")
+        raise RuntimeError("scoring failed half way")
+    assert calls == [] and "Contents" not in mock_s3.list_objects_v2(Bucket="bkt")
+
+    with storage.write_atomic("s3://bkt/o/2.out.csv.gz", {"velo-batch": "x"}, small=True) as out:
+        out.write(b"a,prediction\n1,0\n")
+    assert calls == ["PutObject"]
+    import gzip
+
+    body = mock_s3.get_object(Bucket="bkt", Key="o/2.out.csv.gz")["Body"].read()
+    assert gzip.decompress(body) == b"a,prediction\n1,0\n"
+    assert storage.read_lineage("s3://bkt/o/2.out.csv.gz") == {"velo-batch": "x"}
+
+
+def test_delete_many_removes_what_exists_in_one_s3_request_and_each_local_file(mock_s3, monkeypatch, tmp_path):
+    for key in ("o/1.out.csv.error.json", "o/3.out.csv.error.json", "o/keep.csv"):
+        mock_s3.put_object(Bucket="bkt", Key=key, Body=b"{}")
+    calls: list[str] = []
+    monkeypatch.setattr(storage.s3.client(), "_make_api_call", _counting(storage.s3.client()._make_api_call, calls))
+    storage.delete_many([f"s3://bkt/o/{i}.out.csv.error.json" for i in range(1, 5)])  # 2 and 4 do not exist
+    assert calls == ["DeleteObjects"]
+    assert [o["Key"] for o in mock_s3.list_objects_v2(Bucket="bkt")["Contents"]] == ["o/keep.csv"]
+
+    (tmp_path / "a.error.json").write_text("{}")
+    storage.delete_many([str(tmp_path / "a.error.json"), str(tmp_path / "b.error.json")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def _counting(call, calls):
+    def counted(operation, params):
+        calls.append(operation)
+        return call(operation, params)
+
+    return counted
+
+
 def test_local_write_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "x" / "1.out.csv.gz"
     with pytest.raises(RuntimeError), storage.write_atomic(str(target)) as out:

@@ -126,7 +126,9 @@ class LocalTransport:
         return Bounded(f, end - start)  # type: ignore[return-value]
 
     @contextlib.contextmanager
-    def write_atomic(self, uri: str, metadata: dict[str, str] | None = None) -> Iterator[IO[bytes]]:
+    def write_atomic(
+        self, uri: str, metadata: dict[str, str] | None = None, *, small: bool = False
+    ) -> Iterator[IO[bytes]]:
         folder, name = os.path.split(uri)
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(name), suffix=".tmp", dir=folder)
@@ -166,6 +168,10 @@ class LocalTransport:
     def delete(self, uri: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(uri)
+
+    def delete_many(self, uris: list[str]) -> None:
+        for uri in uris:
+            self.delete(uri)
 
     def list_sizes(self, prefix: str) -> dict[str, int]:
         if not os.path.isdir(prefix):

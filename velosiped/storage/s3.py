@@ -276,11 +276,14 @@ class S3Transport:
         return Bounded(body if body is not None else io.BytesIO(), end - start)  # type: ignore[return-value]
 
     @contextlib.contextmanager
-    def write_atomic(self, uri: str, metadata: dict[str, str] | None = None) -> Iterator[IO[bytes]]:
-        # A multipart upload completed on success and aborted on error.
+    def write_atomic(
+        self, uri: str, metadata: dict[str, str] | None = None, *, small: bool = False
+    ) -> Iterator[IO[bytes]]:
+        # A multipart upload completed on success and aborted on error; small, one PUT of the
+        # buffered bytes on success and nothing on error.
         import smart_open
 
-        params: dict[str, Any] = {"client": client(), "min_part_size": S3_PART_SIZE}
+        params: dict[str, Any] = {"client": client(), "min_part_size": S3_PART_SIZE, "multipart_upload": not small}
         kwargs = _object_kwargs(uri, metadata)
         if kwargs:  # put_object too: smart_open writes an empty object with it
             params["client_kwargs"] = {"S3.Client.create_multipart_upload": kwargs, "S3.Client.put_object": kwargs}
@@ -318,6 +321,21 @@ class S3Transport:
         bucket, key = split_s3(uri)
         with self._errors(uri):
             client().delete_object(Bucket=bucket, Key=key)
+
+    def delete_many(self, uris: list[str]) -> None:
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            bucket, key = split_s3(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        failed: list[str] = []
+        for bucket, keys in by_bucket.items():
+            with self._errors(f"s3://{bucket}/{keys[0]}"):
+                for i in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
+                    batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[i : i + 1000]]
+                    reply = client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+                    failed += [f"s3://{bucket}/{e.get('Key')}: {e.get('Code')}" for e in reply.get("Errors", [])]
+        if failed:
+            raise OSError(f"{failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
 
     def list_sizes(self, prefix: str) -> dict[str, int]:
         bucket, key = split_s3(prefix)
