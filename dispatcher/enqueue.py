@@ -494,8 +494,18 @@ def retry_failed(redis: Redis, batch_id: str, timeout: int = JOB_TIMEOUT) -> tup
     count = sum(sum(_enqueue(redis, name, chunk, timeout)) for chunk in chunks)
     if loaded:
         redis.hdel(keys.PAYLOADS, *loaded)
+    retried = {file for file in failed if file not in gone}
+    stale += _failed_groups(redis, name, retried) if retried else []
     _clear_finished(redis, stale)  # `rq info` stops counting them failed (one enqueued again is queued: kept)
     return count, gone
+
+
+def _failed_groups(redis: Redis, queue: str, files: set[str]) -> list[str]:
+    """The failed group jobs in ``queue``'s failed registry that hold any of ``files`` (their
+    failed files, scored again now each as a job of its own: the group's job is done with)."""
+    ids = [jid for jid in make_queue(redis, queue).failed_job_registry.get_job_ids() if jid.startswith(GROUP_PREFIX)]
+    jobs = Job.fetch_many(ids, connection=redis, serializer=JSONSerializer) if ids else []
+    return [j.id for j in jobs if j is not None and files.intersection(j.meta.get("group") or [])]
 
 
 def _failed_payload(redis: Redis, batch_id: str, file: str) -> Payload | None:

@@ -193,6 +193,36 @@ def test_a_group_with_a_bad_file_fails_its_job_naming_it_and_rq_requeue_rescores
     assert {p.name: p.stat().st_mtime_ns for p in data.glob("*.out.csv") if p.name != "2.out.csv"} == made
 
 
+def test_velo_retry_of_a_groups_failed_file_takes_the_groups_failed_job_out_of_rqs_failed_registry(redis, tmp_path):
+    from dispatcher.status import describe
+    from worker.runner import VeloWorker
+
+    def work() -> None:
+        VeloWorker([make_queue(redis, "velo")], connection=redis).work(burst=True)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(4, seed=i)))
+    (data / "1.csv").write_bytes(csv_bytes(make_frame(4, seed=1).drop(columns="f2")))
+    model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
+    opts = Options(model=model, model_version=version_of(model), group_size=64)
+    batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
+    q = make_queue(redis, "velo")
+    work()
+    assert len(q.failed_job_registry.get_job_ids()) == 1  # the group's job, naming 1.csv
+
+    # When the file is fixed and `velo retry` scores it again, as a job of its own
+    (data / "1.csv").write_bytes(csv_bytes(make_frame(4, seed=1)))
+    assert retry_failed(redis, batch.id) == (1, [])
+    work()
+
+    # Then the batch is done, and RQ's tools (rq info, rq-dashboard) no longer count a failed job
+    b = describe(redis, batch.id)
+    assert (b["done"], b["failed"]) == (4, 0)
+    assert q.failed_job_registry.get_job_ids() == []
+
+
 def test_a_groups_features_are_cast_at_once_and_a_file_with_a_non_number_is_left_to_score_alone():
     """Each feature column of a group's rows is cast once for all its files; NA-like cells are NaN
     as in a file of its own; a file holding a non-number is left out (the one-file path says where)
