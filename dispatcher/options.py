@@ -66,7 +66,7 @@ shadow_output_help = (
 engine_help = (
     "What predicts: scikit-learn's own predict, or treelite: a tree ensemble (HistGradientBoosting, "
     "random forest...) compiled once per model version (pip install 'velosiped[engine]', a C compiler), "
-    "checked against scikit-learn on the first file's first rows; any difference, or a model it cannot "
+    "checked against scikit-learn on the first 1,000 rows it scores; any difference, or a model it cannot "
     "take, and scikit-learn predicts, said in one log line."
 )
 

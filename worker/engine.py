@@ -7,10 +7,11 @@ model cache, named by the model's SHA-256, and loaded once per process. Chosen b
 predict gives the same probabilities as scikit-learn to 1e-15, several times faster; skl2onnx 1.20
 could not convert that model, and onnxruntime was no faster than scikit-learn on its forest.
 
-The compiled model is trusted only once it agrees with scikit-learn: the first block a process
-scores with it is also scored by scikit-learn on up to :data:`CHECK_ROWS` rows; any label that
-differs, or any probability (a regressor's prediction) more than :data:`TOLERANCE` apart, and the
-model is scored by scikit-learn from then on, said in one log line and in each output's lineage.
+The compiled model is trusted only once it agrees with scikit-learn: the blocks a process scores
+with it are also scored by scikit-learn until :data:`CHECK_ROWS` rows have been (the first block's,
+or the first blocks' when they are small: a few rows a file or a request); any label that differs,
+or any probability (a regressor's prediction) more than :data:`TOLERANCE` apart, and the model is
+scored by scikit-learn from then on, said in one log line and in each output's lineage.
 A model the engine cannot take (a pipeline, a model that is not a tree ensemble, no C compiler,
 the extra not installed) is scored by scikit-learn too, said in one line naming the reason.
 """
@@ -50,7 +51,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECK_ROWS = 1_000
-"""Rows of the first block scored both ways before the compiled model is trusted."""
+"""Rows scored both ways before the compiled model is trusted: the first block's, or the first
+blocks' until there are as many (small files, online requests of a few rows each)."""
 
 TOLERANCE = 1e-6
 """Largest difference allowed between a probability (or a regressor's prediction) of the two."""
@@ -95,7 +97,8 @@ class Compiled:
         self._name = name
         self.fallback: str | None = None
         """Why scikit-learn scores this model after all (set by the check); None: the engine does."""
-        self.checked = False
+        self.checked = 0
+        """Rows the check has found equal so far (every block is checked until ``CHECK_ROWS``)."""
         self._last: tuple[Any, np.ndarray] | None = None
         """The last block and its output: `--proba` asks for labels and probabilities of the same block."""
         self._classes = getattr(model, "classes_", None)
@@ -135,7 +138,7 @@ class Compiled:
         return np.asarray(self._classes)[np.argmax(proba, axis=1)]
 
     def predict(self, x: Any) -> np.ndarray:
-        if not self.checked:
+        if self.checked < CHECK_ROWS and self.fallback is None:
             self._check(x)
         if self.fallback is not None:
             return np.asarray(self.model.predict(x))
@@ -143,25 +146,28 @@ class Compiled:
         return raw if self._classes is None else self._labels(raw)
 
     def _predict_proba(self, x: Any) -> np.ndarray:
-        if not self.checked:
+        if self.checked < CHECK_ROWS and self.fallback is None:
             self._check(x)
         if self.fallback is not None:
             return np.asarray(self.model.predict_proba(x))
         return self._raw(x)
 
     def _check(self, x: Any) -> None:
-        """Score up to CHECK_ROWS rows of ``x`` both ways; on any difference keep scikit-learn."""
-        self.checked = True
-        sample = x.iloc[:CHECK_ROWS] if hasattr(x, "iloc") else np.asarray(x)[:CHECK_ROWS]
+        """Score ``x``'s rows both ways, up to CHECK_ROWS in all; on any difference keep scikit-learn."""
+        left = CHECK_ROWS - self.checked
+        sample = x.iloc[:left] if hasattr(x, "iloc") else np.asarray(x)[:left]
         try:
             raw = self._raw(sample)
         except Exception as e:
             self.fallback = f"its compiled predict failed ({type(e).__name__}: {e})"
         else:
             self.fallback = _differs(self.model, sample, raw, self._classes)
-        rows = len(sample)
+        rows = self.checked + len(sample)
         if self.fallback is None:
-            log.info("engine treelite: %s agrees with scikit-learn on %d rows; it scores this model", self._name, rows)
+            self.checked = rows
+            if rows >= CHECK_ROWS:
+                said = "engine treelite: %s agrees with scikit-learn on %d rows; it scores this model"
+                log.info(said, self._name, rows)
         else:
             self.fallback = f"checked on {rows} rows: {self.fallback}"
             log.warning("engine treelite: %s %s; scikit-learn scores this model", self._name, self.fallback)

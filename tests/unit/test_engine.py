@@ -182,3 +182,25 @@ def test_the_payload_takes_an_engine_and_refuses_an_unknown_one():
     assert "engine" not in validate(dict(base))
     with pytest.raises(Exception, match="engine must be one of sklearn, treelite"):
         validate({**base, "engine": "onnx"})
+
+
+def test_blocks_of_a_few_rows_are_each_checked_until_a_thousand_rows_have_agreed(caplog):
+    """Small files and online requests come a few rows at a time: the check goes on, block after
+    block, until 1,000 rows have agreed; a later block that differs still brings scikit-learn back."""
+    model = _train("hgb")
+    x = make_frame(1200, seed=9)[feature_names()]
+    with caplog.at_level(logging.INFO, logger="worker.engine"):
+        compiled = engine.for_model(model, "digest-few", "m.joblib")
+        for start in range(0, 50, 10):
+            assert (compiled.predict(x.iloc[start : start + 10]) == model.predict(x.iloc[start : start + 10])).all()
+        assert compiled.checked == 50 and "agrees" not in caplog.text
+        compiled.predict(x.iloc[50:1200])
+    assert compiled.checked == 1000 and engine.engine_of(compiled) == "treelite"
+    assert "agrees with scikit-learn on 1000 rows" in caplog.text
+
+    wrong = engine.for_model(model, "digest-other", "m.joblib")
+    wrong.predict(x.iloc[:10])
+    flipped = lambda rows: 1 - model.predict_proba(pd.DataFrame(rows, columns=feature_names()))[:, 1]  # noqa: E731
+    wrong._predictor = flipped  # from now on, every label flips
+    assert (wrong.predict(x.iloc[10:20]) == model.predict(x.iloc[10:20])).all()
+    assert engine.engine_of(wrong) == "sklearn" and "checked on 20 rows" in str(engine.fallback_of(wrong))
