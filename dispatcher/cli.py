@@ -673,6 +673,7 @@ def serve(
     batch_rows: int,
     batch_wait_ms: float,
     reference_profile: str | None,
+    engine: str,
     redis_url: str | None,
     queue: str,
 ) -> int:
@@ -692,6 +693,7 @@ def serve(
         redis_url=redis_url,
         queue=queue,
         reference_profile=storage.normalize(reference_profile) if reference_profile else None,
+        engine=engine,
     )
     run_server(cfg, host, port, workers)
     return EXIT_OK

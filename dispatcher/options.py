@@ -99,6 +99,9 @@ def serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--batch-rows", type=int_from(1), default=1024, show_default=True, help=batch_rows_help),
             click.option("--batch-wait-ms", type=click.FloatRange(0), default=0.0, show_default=True, help=wait_help),
             click.option("--reference-profile", default=None, metavar="URI", help=serve_profile_help),
+            click.option(
+                "--engine", type=click.Choice(ENGINES), default="sklearn", show_default=True, help=serve_engine_help
+            ),
         ]
     ):
         f = opt(f)
@@ -106,6 +109,10 @@ def serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 host_help = "Address to listen on; beyond loopback it needs VELO_API_TOKEN."
+serve_engine_help = (
+    "What predicts: scikit-learn's own predict, or treelite, as for `velo run --engine` (checked against "
+    "scikit-learn on the first 1,000 rows each server process answers); GET /info says which."
+)
 serve_workers_help = "Server processes (each loads the model)."
 serve_sha256_help = "Serve the model only if its SHA-256 is this (checked at every load)."
 poll_help = "Seconds between looks for a new model version (0: never)."

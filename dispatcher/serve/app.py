@@ -56,6 +56,7 @@ class ServeConfig:
     redis_url: str | None = None
     queue: str = "velo"
     reference_profile: str | None = None
+    engine: str = "sklearn"
 
 
 class TooLarge(Exception):
@@ -69,7 +70,7 @@ def from_env() -> FastAPI:
 
 def create_app(cfg: ServeConfig, served: Served | None = None) -> FastAPI:
     """The app; ``served``: its model, loaded already (else loaded at start-up)."""
-    served = served or Served(cfg.model, cfg.model_sha256, cfg.model_poll)
+    served = served or Served(cfg.model, cfg.model_sha256, cfg.model_poll, cfg.engine)
     metrics = Metrics()
     batcher = Batcher(cfg.batch_rows, cfg.batch_wait_ms / 1000, metrics.batch)
     token = settings.API_TOKEN.get()

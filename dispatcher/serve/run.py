@@ -46,7 +46,7 @@ def serve(cfg: ServeConfig, host: str, port: int, workers: int) -> None:
             f"--host {host} is reachable from other machines: set VELO_API_TOKEN first "
             "(dispatch and retry then want Authorization: Bearer), or bind 127.0.0.1"
         )
-    served = Served(cfg.model, cfg.model_sha256, cfg.model_poll)
+    served = Served(cfg.model, cfg.model_sha256, cfg.model_poll, cfg.engine)
     try:  # here, once: a model that does not load is one line now, not a traceback per worker
         served.load()
     except InputError as e:

@@ -22,6 +22,7 @@ from velosiped import storage
 from velosiped.errors import InputError, VeloError
 from velosiped.frames import FeatureSpec, run_model
 from velosiped.models import version_of
+from worker import engine as engines
 from worker import models
 
 __all__ = ["Served", "ServedModel"]
@@ -45,9 +46,12 @@ class ServedModel:
     version: str
     sha256: str
     model: Any
+    """scikit-learn's model, or its compiled form (``--engine treelite``: worker.engine.Compiled)."""
     features: list[str] | None
     classes: list[Any] | None
     specs: dict[tuple[str, ...], FeatureSpec] = field(default_factory=dict, compare=False)
+    engine: str = "sklearn"
+    """What `velo serve --engine` asked for (``engine`` of ``info()``: what predicts)."""
     plain: bool | None = None
     """The model answers a bare matrix as it answers a DataFrame (None: not known yet). scikit-learn
     checks a DataFrame's column names on every call, which costs more than predicting a few rows;
@@ -85,21 +89,27 @@ class ServedModel:
         return found
 
     def info(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.uri,
             "version": self.version,
             "sha256": self.sha256,
             "features": self.features,
             "classes": self.classes,
-            "type": type(self.model).__name__,
+            "type": type(getattr(self.model, "model", self.model)).__name__,
+            "engine": engines.engine_of(self.model),
         }
+        fallback = engines.fallback_of(self.model) or engines.refused(self.uri, self.version)
+        if fallback and self.engine != "sklearn":
+            out["engine_fallback"] = fallback
+        return out
 
 
-def _load(uri: str, version: str, pin: str | None) -> ServedModel:
-    model = models.load(uri, version, pin)
+def _load(uri: str, version: str, pin: str | None, engine: str = "sklearn") -> ServedModel:
+    model = engines.prepare(models.load(uri, version, pin), uri, version, engine)
     names = getattr(model, "feature_names_in_", None)
     classes = getattr(model, "classes_", None)
     return ServedModel(
+        engine=engine,
         uri=uri,
         version=version,
         sha256=models.digest_of(uri, version) or "",
@@ -112,10 +122,11 @@ def _load(uri: str, version: str, pin: str | None) -> ServedModel:
 class Served:
     """The current model version, and its poller."""
 
-    def __init__(self, uri: str, pin: str | None, poll: float) -> None:
+    def __init__(self, uri: str, pin: str | None, poll: float, engine: str = "sklearn") -> None:
         self.uri = uri
         self.pin = pin
         self.poll = poll
+        self.engine = engine
         self.current: ServedModel | None = None
         self.error: str | None = None
         self._stat: tuple[int, int] | None = None
@@ -123,7 +134,7 @@ class Served:
     def load(self) -> ServedModel:
         """Load the model now (at start-up: a model that does not load stops `velo serve`)."""
         self._stat = self._local_stat()
-        self.current = _load(self.uri, version_of(self.uri), self.pin)
+        self.current = _load(self.uri, version_of(self.uri), self.pin, self.engine)
         return self.current
 
     def _local_stat(self) -> tuple[int, int] | None:
@@ -145,7 +156,7 @@ class Served:
             if self.current is not None and version == self.current.version:
                 self._stat = stat
                 return False
-            fresh = _load(self.uri, version, self.pin)
+            fresh = _load(self.uri, version, self.pin, self.engine)
         except VeloError as e:
             if self.error != str(e):
                 log.error("model %s: new version not loaded, still serving the old one: %s", self.uri, e)

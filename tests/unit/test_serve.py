@@ -232,3 +232,39 @@ def test_a_chunked_body_over_the_limit_is_refused(client):
 
     answer = client.post("/predict", content=chunks(), headers={"content-type": "text/csv"})
     assert answer.status_code == 413 and "over --max-body" in answer.json()["error"]
+
+
+def test_engine_treelite_answers_as_scikit_learn_does_and_info_says_what_predicts(tmp_path, monkeypatch):
+    """`velo serve --engine treelite`: a tree ensemble compiled as for the batch, checked on the
+    rows it answers, with the same answers; a model it cannot take is served by scikit-learn,
+    and /info says which and why."""
+    import shutil
+
+    pytest.importorskip("tl2cgen")
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc: the engine has nothing to compile with")
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from tests.helpers import feature_names
+
+    monkeypatch.delenv("VELO_API_TOKEN", raising=False)
+    monkeypatch.setenv("VELO_MODEL_CACHE", str(tmp_path / "cache"))
+    train = make_frame(600, seed=7)[feature_names()]
+    hgb = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(train, (train.f0 > train.f1).astype(int))
+    path = dump_model(hgb, tmp_path / "hgb.joblib")
+    frame = make_frame(40, seed=4)
+    with TestClient(create_app(ServeConfig(model=str(path), engine="treelite"))) as c:
+        bodies = [frame.iloc[i : i + 10].to_dict(orient="records") for i in (0, 10, 20)]
+        answers = [c.post("/predict?proba=1", json=body) for body in bodies]
+        info = c.get("/info").json()
+    got = pd.concat([pd.DataFrame(a.json()) for a in answers])
+    rows = frame[feature_names()].iloc[:30]
+    assert (got["prediction"].to_numpy() == hgb.predict(rows)).all()
+    np.testing.assert_allclose(got[["proba_0", "proba_1"]], hgb.predict_proba(rows), atol=1e-9)
+    assert (info["engine"], info["type"]) == ("treelite", "HistGradientBoostingClassifier")
+
+    logreg = dump_model(fit_model(), tmp_path / "lr.joblib")
+    with TestClient(create_app(ServeConfig(model=str(logreg), engine="treelite"))) as c:
+        info = c.get("/info").json()
+        assert c.post("/predict", json=frame.iloc[:3].to_dict(orient="records")).status_code == 200
+    assert info["engine"] == "sklearn" and "not a tree ensemble" in info["engine_fallback"]
