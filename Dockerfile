@@ -7,6 +7,7 @@
 #   docker run --rm -e REDIS_URL=redis://10.0.0.5:6379/0 velosiped                  # velo worker
 #   docker run --rm -e REDIS_URL=... velosiped worker --processes 4
 #   docker run --rm -e REDIS_URL=... -e AWS_... velosiped dispatch s3://b/in/ --model s3://b/models/m.joblib --wait
+#   docker build --build-arg ENGINE=1 -t velosiped:engine .     # with --engine treelite (and gcc: 200 MB more)
 #
 # docker-compose.yml, infra/k8s/ and docs/OPERATIONS.md show it in a fleet.
 
@@ -29,8 +30,10 @@ COPY pyproject.toml README.md ./
 COPY dispatcher/ dispatcher/
 COPY velosiped/ velosiped/
 COPY worker/ worker/
-# The runtime dependencies only: no [dev] extra.
+# The runtime dependencies only: no [dev] extra. ENGINE=1 adds the engine extra (Treelite, TL2cgen).
+ARG ENGINE=
 RUN /opt/velosiped/bin/pip install .
+RUN if [ -n "$ENGINE" ]; then /opt/velosiped/bin/pip install '.[engine]'; fi
 
 # ---- run: the virtualenv on a clean base, as a non-root user ----------------------------------
 FROM python:3.11-slim
@@ -43,6 +46,14 @@ ENV PATH=/opt/velosiped/bin:$PATH \
 # Its home holds the S3 model cache (VELO_MODEL_CACHE, default ~/.cache/velosiped/models).
 RUN groupadd --system --gid 10001 velo \
     && useradd --system --uid 10001 --gid velo --create-home --home-dir /home/velo --shell /usr/sbin/nologin velo
+
+# --engine treelite compiles each model version with gcc, at run time: only in an ENGINE=1 image.
+ARG ENGINE=
+RUN if [ -n "$ENGINE" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 COPY --from=build /opt/velosiped /opt/velosiped
 

@@ -248,6 +248,18 @@ def test_dockerfile_slim_python_and_only_the_package_is_copied() -> None:
     assert "[dev" not in runs, "the image must not install the dev extra"
 
 
+def test_an_engine_image_is_one_build_argument_away() -> None:
+    # --engine treelite needs its extra where the venv is built, and gcc where models are compiled
+    # (the final stage, at run time); a plain build has neither
+    instructions = dockerfile()
+    last_from = max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM")
+    build, final = instructions[:last_from], instructions[last_from:]
+    assert ("ARG", "ENGINE=") in build and ("ARG", "ENGINE=") in final
+    assert any(ins == "RUN" and 'if [ -n "$ENGINE" ]' in args and "'.[engine]'" in args for ins, args in build)
+    assert any(ins == "RUN" and 'if [ -n "$ENGINE" ]' in args and " gcc " in args for ins, args in final)
+    assert "engine" in (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+
+
 def test_dockerfile_runs_velo_worker_as_non_root() -> None:
     stage = final_stage()
     users = [args for ins, args in stage if ins == "USER"]
