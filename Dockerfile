@@ -7,7 +7,7 @@
 #   docker run --rm -e REDIS_URL=redis://10.0.0.5:6379/0 velosiped                  # velo worker
 #   docker run --rm -e REDIS_URL=... velosiped worker --processes 4
 #   docker run --rm -e REDIS_URL=... -e AWS_... velosiped dispatch s3://b/in/ --model s3://b/models/m.joblib --wait
-#   docker build --build-arg ENGINE=1 -t velosiped:engine .     # with --engine treelite (and gcc: 200 MB more)
+#   docker build --build-arg ENGINE=1 -t velosiped:engine .     # with --engine treelite (and gcc, to compile models)
 #
 # docker-compose.yml, infra/k8s/ and docs/OPERATIONS.md show it in a fleet.
 
