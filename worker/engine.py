@@ -6,6 +6,9 @@ model cache, named by the model's SHA-256, and loaded once per process. Chosen b
 (docs/BENCHMARKS.md, "Tree engines"): on the benchmark's HistGradientBoosting model the compiled
 predict gives the same probabilities as scikit-learn to 1e-15, several times faster; skl2onnx 1.20
 could not convert that model, and onnxruntime was no faster than scikit-learn on its forest.
+TL2cgen's own predictor (every tree for one row, then the next row) was slower than scikit-learn on
+that forest, whose code outgrows the CPU's caches: the library is called through :data:`_DRIVER`,
+one tree over a block of rows at a time.
 
 The compiled model is trusted only once it agrees with scikit-learn: the first block a process
 scores with it is also scored by scikit-learn on up to :data:`CHECK_ROWS` rows; any label that
@@ -446,6 +449,9 @@ def _add_driver(folder: str) -> None:
         raise _Unsupported("TL2cgen generated code of a shape the engine does not drive")
     if re.findall(call, body.group(1), flags=re.M) != units:
         raise _Unsupported("TL2cgen generated code of a shape the engine does not drive (its trees' calls)")
+    if units and not re.fullmatch(r"\s*(unsigned int tmp;\s*)?", body.group(1).split(f"{units[0]}(", 1)[0]):
+        # anything before the trees (quantizing the features, say) would run after them in velo_finish
+        raise _Unsupported("TL2cgen generated code of a shape the engine does not drive (work before its trees)")
     source = _DRIVER.format(
         units=", ".join(units) or "0",
         n_units=len(units),

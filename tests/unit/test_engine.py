@@ -204,3 +204,16 @@ def test_the_payload_takes_an_engine_and_refuses_an_unknown_one():
     assert "engine" not in validate(dict(base))
     with pytest.raises(Exception, match="engine must be one of sklearn, treelite"):
         validate({**base, "engine": "onnx"})
+
+
+def test_generated_code_of_another_shape_is_not_driven(tmp_path):
+    import tl2cgen
+    import treelite
+
+    # Quantized features: TL2cgen's predict() converts each row before the trees, which the driver's
+    # tree-by-tree loop would not: such code is refused (scikit-learn then scores the model)
+    tl2cgen.generate_c_code(
+        treelite.sklearn.import_model(_train("rf")), str(tmp_path), params={"parallel_comp": 5, "quantize": 1}
+    )
+    with pytest.raises(engine._Unsupported, match="work before its trees"):
+        engine._add_driver(str(tmp_path))
