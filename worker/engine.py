@@ -6,6 +6,9 @@ model cache, named by the model's SHA-256, and loaded once per process. Chosen b
 (docs/BENCHMARKS.md, "Tree engines"): on the benchmark's HistGradientBoosting model the compiled
 predict gives the same probabilities as scikit-learn to 1e-15, several times faster; skl2onnx 1.20
 could not convert that model, and onnxruntime was no faster than scikit-learn on its forest.
+TL2cgen's own predictor (every tree for one row, then the next row) was slower than scikit-learn on
+that forest, whose code outgrows the CPU's caches: the library is called through :data:`_DRIVER`,
+one tree over a block of rows at a time.
 
 The compiled model is trusted only once it agrees with scikit-learn: the blocks a process scores
 with it are also scored by scikit-learn until :data:`CHECK_ROWS` rows have been (the first block's,
@@ -19,6 +22,7 @@ the extra not installed) is scored by scikit-learn too, said in one line naming 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import io
 import logging
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -73,9 +78,16 @@ _FLOAT32_TREES = (
 
 _SUPPORTED = (*_FLOAT32_TREES, "HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
 
-MAX_NODES = 50_000
-"""Models with more tree nodes are not compiled: compile time grows with them (a 100-tree forest
-of depth 12, ~120,000 nodes, took 253 s on 2 cores, and predicted slower than scikit-learn)."""
+MAX_NODES = 300_000
+"""Models with more tree nodes are not compiled: compile time grows with them (the benchmark's
+100-tree forest of depth 12, 122,564 nodes, compiles in about 30 s with 2 cores)."""
+
+OPTIMIZE = "-Os"
+"""gcc's optimisation of the model's code: on that forest -Os compiled as fast as -O1 and predicted
+fastest (-O1, -O2 and TL2cgen's default -O3 no faster, -O3 ~8 times slower to compile)."""
+
+BLOCK_ENTRIES = 1 << 19
+"""Feature values of the rows each tree scores in turn (4 MB): see :data:`_DRIVER`."""
 
 COMPILER = "gcc"
 """The C compiler TL2cgen builds the model's library with."""
@@ -247,7 +259,7 @@ def _compile(model: Any, digest: str) -> Callable[[np.ndarray], np.ndarray]:
         what = "a Pipeline" if hasattr(model, "steps") else f"{kind}, not a tree ensemble it compiles"
         raise _Unsupported(f"the engine takes a bare tree ensemble, this model is {what}")
     try:
-        import tl2cgen
+        import tl2cgen  # noqa: F401  (it writes and builds the model's C: see _library)
         import treelite
     except ImportError as e:
         raise _Unsupported(f"the engine is not installed ({e.name} missing: pip install 'velosiped[engine]')") from e
@@ -267,14 +279,47 @@ def _compile(model: Any, digest: str) -> Callable[[np.ndarray], np.ndarray]:
 
     def predict(x: np.ndarray) -> np.ndarray:
         # Loaded in the process that predicts, on first use: `velo run` compiles before forking its
-        # workers, and each then loads the library with its own share of the cores (VELO_THREADS).
+        # workers, and each then scores with its own share of the cores (VELO_THREADS).
         if not loaded:
-            threads = settings.THREADS.get() or os.cpu_count() or 1
-            with _quiet():
-                loaded.append(tl2cgen.Predictor(path, nthread=int(threads)))
-        return np.asarray(loaded[0].predict(tl2cgen.DMatrix(x, dtype="float64")))
+            loaded.append(_Library(path, int(settings.THREADS.get() or os.cpu_count() or 1)))
+        return loaded[0].predict(x)
 
     return predict
+
+
+class _Library:
+    """The compiled model's library, called through its :data:`_DRIVER` (``velo_predict``)."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        lib = ctypes.CDLL(path)
+        self._run = lib.velo_predict
+        self._run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+        self._run.restype = ctypes.c_int
+        self.features = int(lib.velo_num_feature())
+        self.outputs = int(lib.velo_num_output())
+        self.threads = max(1, threads)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.features:
+            raise ValueError(f"the compiled model takes {self.features} features, got an array of shape {x.shape}")
+        out = np.zeros((len(x), self.outputs), dtype=np.float64)
+        block = max(64, BLOCK_ENTRIES // max(1, self.features))
+        parts = np.array_split(np.arange(len(x)), min(self.threads, max(1, len(x) // block)))
+        spans = [(int(p[0]), int(p[-1]) + 1) for p in parts if len(p)]
+
+        def run(span: tuple[int, int]) -> int:  # ctypes lets go of the GIL meanwhile
+            lo, hi = span
+            return int(self._run(x[lo:].ctypes.data, hi - lo, out[lo:].ctypes.data, block))
+
+        if len(spans) > 1:
+            with ThreadPoolExecutor(len(spans)) as pool:
+                codes = list(pool.map(run, spans))
+        else:
+            codes = [run(span) for span in spans]
+        if any(codes):
+            raise MemoryError("the compiled model could not allocate its block of rows")
+        return out
 
 
 @contextlib.contextmanager
@@ -316,21 +361,116 @@ def _library(imported: Any, digest: str, compiler: str) -> str:
 
     folder = os.path.join(settings.MODEL_CACHE.get(), "compiled")
     os.makedirs(folder, exist_ok=True)
-    tag = hashlib.sha256(f"{digest}\0{treelite.__version__}\0{tl2cgen.__version__}".encode()).hexdigest()[:32]
+    recipe = f"{treelite.__version__}\0{tl2cgen.__version__}\0{OPTIMIZE}\0{_DRIVER_VERSION}"
+    tag = hashlib.sha256(f"{digest}\0{recipe}".encode()).hexdigest()[:32]
     path = os.path.join(folder, f"{tag}.so")
     if os.path.exists(path):
         return path
     with tempfile.TemporaryDirectory(dir=folder) as work:
-        built = os.path.join(work, "model.so")
         try:
-            tl2cgen.export_lib(
-                imported, toolchain=compiler, libpath=built, params={"parallel_comp": 16}, nthread=os.cpu_count() or 1
+            # One translation unit per tree (TL2cgen's predict_unit<i>), each compiled alone in parallel
+            tl2cgen.generate_c_code(imported, work, params={"parallel_comp": max(2, int(imported.num_tree))})
+            _add_driver(work)
+            built = tl2cgen.create_shared(
+                compiler, work, nthread=os.cpu_count() or 1, options=[OPTIMIZE], long_build_time_warning=False
             )
+        except _Unsupported:
+            raise
         except Exception as e:
             raise _Unsupported(f"compiling it failed ({type(e).__name__}: {str(e)[:200]})") from e
         with contextlib.suppress(FileExistsError):
             os.replace(built, path)  # whole or absent: another process may have built the same meanwhile
     return path
+
+
+_DRIVER_VERSION = 1
+"""Part of the library's name: a library built with another driver is not reused."""
+
+_DRIVER = """#include "header.h"
+
+typedef void (*velo_unit)(union Entry*, double*);
+static const velo_unit velo_units[] = {{ {units} }};
+#define VELO_N_UNITS {n_units}
+#define VELO_NF {features}
+#define VELO_NOUT (N_TARGET * MAX_N_CLASS)
+
+int32_t velo_num_feature(void) {{ return VELO_NF; }}
+int32_t velo_num_output(void) {{ return VELO_NOUT; }}
+
+/* TL2cgen's predict() but for its predict_unit<i> calls (the trees), which velo_predict makes */
+static void velo_finish(union Entry* data, int pred_margin, double* result) {{
+{finish}}}
+
+/* Scores n rows of x (row-major float64, NaN: missing) into out (n x VELO_NOUT, zeroed), a block of
+   rows at a time, each tree over the whole block before the next tree: TL2cgen's own predictor runs
+   every tree for one row before the next row, and then a forest's code no longer fits the CPU's
+   caches. The sums are made in the same order (tree by tree), so the results are the same. */
+int velo_predict(const double* x, int64_t n, double* out, int64_t block) {{
+  union Entry* rows = (union Entry*)malloc(sizeof(union Entry) * block * VELO_NF);
+  if (!rows) return 1;
+  for (int64_t start = 0; start < n; start += block) {{
+    int64_t m = n - start < block ? n - start : block;
+    const double* xs = x + start * VELO_NF;
+    double* o = out + start * VELO_NOUT;
+    for (int64_t i = 0; i < m * VELO_NF; ++i) {{
+      if (isnan(xs[i])) {{
+        rows[i].missing = -1;
+      }} else {{
+        rows[i].fvalue = xs[i];
+      }}
+    }}
+    for (int u = 0; u < VELO_N_UNITS; ++u) {{
+      velo_unit unit = velo_units[u];
+      for (int64_t r = 0; r < m; ++r) unit(rows + r * VELO_NF, o + r * VELO_NOUT);
+    }}
+    for (int64_t r = 0; r < m; ++r) velo_finish(rows + r * VELO_NF, 0, o + r * VELO_NOUT);
+  }}
+  free(rows);
+  return 0;
+}}
+"""
+"""The C that drives TL2cgen's code (its predict_unit<i> functions and the tail of its predict())."""
+
+
+def _add_driver(folder: str) -> None:
+    """Write :data:`_DRIVER` for the code TL2cgen generated in ``folder`` and add it to its build recipe.
+
+    Only the code's known shape is taken (float64 features and outputs, a predict() that calls
+    predict_unit<i> in order and then finishes); any other and the model is not compiled."""
+    import json
+    import re
+
+    def read(name: str) -> str:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            return f.read()
+
+    header, main = read("header.h"), read("main.c")
+    units = re.findall(r"^void (predict_unit\d+)\(union Entry\* data, double\* result\);$", header, flags=re.M)
+    body = re.search(
+        r"^void predict\(union Entry\* data, int pred_margin, double\* result\) \{\n(.*?)^\}", main, re.S | re.M
+    )
+    features = re.search(r"int32_t get_num_feature\(void\) \{\s*return (\d+);", main)
+    call = r"^[ \t]*(predict_unit\d+)\(data, result\);\n"
+    if body is None or features is None or "double fvalue;" not in header or "int missing;" not in header:
+        raise _Unsupported("TL2cgen generated code of a shape the engine does not drive")
+    if re.findall(call, body.group(1), flags=re.M) != units:
+        raise _Unsupported("TL2cgen generated code of a shape the engine does not drive (its trees' calls)")
+    if units and not re.fullmatch(r"\s*(unsigned int tmp;\s*)?", body.group(1).split(f"{units[0]}(", 1)[0]):
+        # anything before the trees (quantizing the features, say) would run after them in velo_finish
+        raise _Unsupported("TL2cgen generated code of a shape the engine does not drive (work before its trees)")
+    source = _DRIVER.format(
+        units=", ".join(units) or "0",
+        n_units=len(units),
+        features=features.group(1),
+        finish=re.sub(call, "", body.group(1), flags=re.M),
+    )
+    with open(os.path.join(folder, "velo_driver.c"), "w", encoding="utf-8") as f:
+        f.write(source)
+    with open(os.path.join(folder, "recipe.json"), encoding="utf-8") as f:
+        recipe = json.load(f)
+    recipe["sources"].append({"name": "velo_driver", "length": source.count("\n")})
+    with open(os.path.join(folder, "recipe.json"), "w", encoding="utf-8") as f:
+        json.dump(recipe, f)
 
 
 def lineage(p: Payload, model: Any) -> dict[str, str]:

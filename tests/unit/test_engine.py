@@ -12,7 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import a_payload, feature_names, make_frame
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier
+from sklearn.ensemble import (
+    ExtraTreesRegressor,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+)
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -45,10 +50,14 @@ def _train(kind: str):
         return HistGradientBoostingRegressor(max_iter=15, random_state=0).fit(x, x.f0 * 2 - x.f1)
     if kind == "rf":
         return RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(x, (x.f0 > 0).astype(int))
+    if kind == "rf1":  # one tree: TL2cgen's code has a single unit
+        return RandomForestClassifier(n_estimators=1, max_depth=6, random_state=0).fit(x, (x.f0 > 0).astype(int))
+    if kind == "etr":
+        return ExtraTreesRegressor(n_estimators=7, max_depth=5, random_state=0).fit(x, x.f0 * 2 - x.f1)
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["hgb", "hgb3", "hgbr", "rf"])
+@pytest.mark.parametrize("kind", ["hgb", "hgb3", "hgbr", "rf", "rf1", "etr"])
 def test_a_compiled_tree_ensemble_agrees_with_scikit_learn(kind, caplog):
     model = _train(kind)
     x = make_frame(3000, seed=8)[feature_names()]
@@ -63,13 +72,26 @@ def test_a_compiled_tree_ensemble_agrees_with_scikit_learn(kind, caplog):
     assert "agrees with scikit-learn on 1000 rows" in caplog.text
     want = model.predict(x)
     assert prediction.dtype == want.dtype
-    if kind == "hgbr":
+    if kind in ("hgbr", "etr"):
         np.testing.assert_allclose(prediction, want, rtol=0, atol=1e-9)
     else:
         assert (prediction == want).all()
         np.testing.assert_allclose(compiled.predict_proba(x), model.predict_proba(x), rtol=0, atol=1e-9)
         assert list(compiled.classes_) == list(model.classes_)  # everything else is the model's own
     assert list(compiled.feature_names_in_) == feature_names()
+
+
+def test_rows_split_over_threads_and_blocks_score_as_one_block(monkeypatch):
+    model = _train("rf")
+    x = make_frame(3001, seed=12)[feature_names()]
+    x.iloc[7, 1] = np.nan
+    monkeypatch.setenv("VELO_THREADS", "3")
+    monkeypatch.setattr(engine, "BLOCK_ENTRIES", 100 * len(feature_names()))  # blocks of 100 rows, 3 threads
+    compiled = engine.for_model(model, "digest-threads", "m.joblib")
+    np.testing.assert_allclose(compiled.predict_proba(x), model.predict_proba(x), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(compiled.predict(x.iloc[:1]), model.predict(x.iloc[:1]))  # one row
+    with pytest.raises(ValueError, match="takes 4 features"):
+        compiled._predictor(np.zeros((3, 5)))
 
 
 def test_the_library_is_compiled_once_per_model_version(tmp_path, monkeypatch):
@@ -79,7 +101,7 @@ def test_the_library_is_compiled_once_per_model_version(tmp_path, monkeypatch):
     assert len(libraries) == 1
     monkeypatch.setattr(engine, "_held", {})  # another process: it finds the library on disk
     built = []
-    monkeypatch.setattr("tl2cgen.export_lib", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("tl2cgen.generate_c_code", lambda *a, **k: built.append(a))
     again = engine.for_model(model, "digest-a", "m.joblib")
     assert isinstance(again, engine.Compiled)
     assert built == []
@@ -204,3 +226,16 @@ def test_blocks_of_a_few_rows_are_each_checked_until_a_thousand_rows_have_agreed
     wrong._predictor = flipped  # from now on, every label flips
     assert (wrong.predict(x.iloc[10:20]) == model.predict(x.iloc[10:20])).all()
     assert engine.engine_of(wrong) == "sklearn" and "checked on 20 rows" in str(engine.fallback_of(wrong))
+
+
+def test_generated_code_of_another_shape_is_not_driven(tmp_path):
+    import tl2cgen
+    import treelite
+
+    # Quantized features: TL2cgen's predict() converts each row before the trees, which the driver's
+    # tree-by-tree loop would not: such code is refused (scikit-learn then scores the model)
+    tl2cgen.generate_c_code(
+        treelite.sklearn.import_model(_train("rf")), str(tmp_path), params={"parallel_comp": 5, "quantize": 1}
+    )
+    with pytest.raises(engine._Unsupported, match="work before its trees"):
+        engine._add_driver(str(tmp_path))
