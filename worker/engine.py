@@ -67,10 +67,6 @@ _FLOAT32_TREES = (
     "RandomForestRegressor",
     "ExtraTreesClassifier",
     "ExtraTreesRegressor",
-    "DecisionTreeClassifier",
-    "DecisionTreeRegressor",
-    "ExtraTreeClassifier",
-    "ExtraTreeRegressor",
     "GradientBoostingClassifier",
     "GradientBoostingRegressor",
 )

@@ -20,6 +20,7 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
+from sklearn.tree import DecisionTreeClassifier
 from sklearn.preprocessing import StandardScaler
 
 from velosiped.jobs import validate
@@ -150,6 +151,7 @@ def test_a_wrong_label_falls_back_too(caplog):
             "this model is a Pipeline",
         ),
         (LogisticRegression(), "this model is LogisticRegression, not a tree ensemble it compiles"),
+        (DecisionTreeClassifier(max_depth=3), "this model is DecisionTreeClassifier, not a tree ensemble it compiles"),
     ],
 )
 def test_a_model_the_engine_cannot_take_is_scored_by_scikit_learn_with_one_line(model, reason, caplog):
