@@ -48,7 +48,7 @@ $(VENV)/.bench: $(BIN)/velo pyproject.toml
 	@touch $@
 
 .PHONY: bench
-bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk; bench.drift_evidently makes its own venv with Evidently), bench.engine runs PySpark; about an hour on 2 cores from a fresh clone (FULL=1: every case); results in docs/BENCHMARKS.md
+bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk; bench.drift_evidently makes its own venv with Evidently), bench.engine runs PySpark; over an hour on 2 cores from a fresh clone, 24 minutes of it 10,000 and 100,000 small files on moto (FULL=1: every case); results in docs/BENCHMARKS.md
 	@start=$$(date +%s); set -e; \
 	for step in "bench.bench --reps 3 $(if $(FULL),--full)" \
 	            "bench.dispatch_scale --files 50000 --reps 3 --million" \
@@ -62,7 +62,7 @@ bench: $(VENV)/.bench  ## Benchmarks (bench.serve needs wrk: apt-get install wrk
 	            "bench.drift_evidently" \
 	            "bench.shadow" \
 	            "bench.engine --reps 3" \
-	            "bench.small_files --files 2000 --reps 3 --s3-files $(if $(FULL),10000 100000,10000 30000)"; do \
+	            "bench.small_files --files 2000 --reps 5 --s3-files 10000 100000"; do \
 	  echo "$(BIN)/python -m $$step"; s=$$(date +%s); \
 	  $(BIN)/python -m $$step; \
 	  echo "make bench: $$step: $$(( $$(date +%s) - s )) s"; \
