@@ -150,25 +150,35 @@ def test_a_malformed_group_is_refused_with_one_line(group, why):
         )
 
 
+def work(redis) -> None:
+    """One in-process worker, until the queue is empty."""
+    from worker.runner import VeloWorker
+
+    VeloWorker([make_queue(redis, "velo")], connection=redis).work(burst=True)
+
+
+def a_group_with_a_bad_file(redis, tmp_path, files: int, bad: int):
+    """``files`` small files of 4 rows in one group, file ``bad`` without column f2, scored once;
+    (their folder, the batch)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(files):
+        (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(4, seed=i)))
+    (data / f"{bad}.csv").write_bytes(csv_bytes(make_frame(4, seed=bad).drop(columns="f2")))
+    model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
+    opts = Options(model=model, model_version=version_of(model), group_size=64)
+    batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
+    work(redis)
+    return data, batch
+
+
 def test_a_group_with_a_bad_file_fails_its_job_naming_it_and_rq_requeue_rescores_only_it(redis, tmp_path):
     from rq.job import JobStatus
 
     from dispatcher.status import describe
-    from worker.runner import VeloWorker
 
-    def work() -> None:
-        VeloWorker([make_queue(redis, "velo")], connection=redis).work(burst=True)
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(5):
-        (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(4, seed=i)))
-    (data / "2.csv").write_bytes(csv_bytes(make_frame(4, seed=2).drop(columns="f2")))
-    model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
-    opts = Options(model=model, model_version=version_of(model), group_size=64)
-    batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
+    data, batch = a_group_with_a_bad_file(redis, tmp_path, files=5, bad=2)
     q = make_queue(redis, "velo")
-    work()
 
     # One job, failed with the bad file's one-line reason; the four others done
     reason = f"{data / '2.csv'}: missing feature columns: f2"
@@ -184,7 +194,7 @@ def test_a_group_with_a_bad_file_fails_its_job_naming_it_and_rq_requeue_rescores
     # When the file is fixed and RQ's own requeue puts the group's job back
     (data / "2.csv").write_bytes(csv_bytes(make_frame(4, seed=2)))
     q.failed_job_registry.requeue(jid)
-    work()
+    work(redis)
 
     # Then only that file is scored, as it is now; the others are not written again
     b = describe(redis, batch.id)
@@ -195,27 +205,15 @@ def test_a_group_with_a_bad_file_fails_its_job_naming_it_and_rq_requeue_rescores
 
 def test_velo_retry_of_a_groups_failed_file_takes_the_groups_failed_job_out_of_rqs_failed_registry(redis, tmp_path):
     from dispatcher.status import describe
-    from worker.runner import VeloWorker
 
-    def work() -> None:
-        VeloWorker([make_queue(redis, "velo")], connection=redis).work(burst=True)
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(4):
-        (data / f"{i}.csv").write_bytes(csv_bytes(make_frame(4, seed=i)))
-    (data / "1.csv").write_bytes(csv_bytes(make_frame(4, seed=1).drop(columns="f2")))
-    model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
-    opts = Options(model=model, model_version=version_of(model), group_size=64)
-    batch = enqueue_batch(redis, "velo", str(data), opts, list(plan(str(data), opts)))
+    data, batch = a_group_with_a_bad_file(redis, tmp_path, files=4, bad=1)
     q = make_queue(redis, "velo")
-    work()
     assert len(q.failed_job_registry.get_job_ids()) == 1  # the group's job, naming 1.csv
 
     # When the file is fixed and `velo retry` scores it again, as a job of its own
     (data / "1.csv").write_bytes(csv_bytes(make_frame(4, seed=1)))
     assert retry_failed(redis, batch.id) == (1, [])
-    work()
+    work(redis)
 
     # Then the batch is done, and RQ's tools (rq info, rq-dashboard) no longer count a failed job
     b = describe(redis, batch.id)
