@@ -47,7 +47,7 @@ file_log = logging.getLogger("worker.task")
 ``velo worker --log-format json``, one object per file: batch, file, job id, rows, seconds)."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a file is itself, not its (array-holding) fields
 class _File:
     """One file of a group, read and ready to predict."""
 
