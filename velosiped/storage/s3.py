@@ -330,10 +330,7 @@ class S3Transport:
         failed: list[str] = []
         for bucket, keys in by_bucket.items():
             with self._errors(f"s3://{bucket}/{keys[0]}"):
-                for i in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
-                    batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[i : i + 1000]]
-                    reply = client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-                    failed += [f"s3://{bucket}/{e.get('Key')}: {e.get('Code')}" for e in reply.get("Errors", [])]
+                failed += _delete_keys(bucket, keys)
         if failed:
             raise OSError(f"{failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
 
@@ -349,9 +346,7 @@ class S3Transport:
         bucket, _ = split_s3(prefix)
         keys = [split_s3(uri)[1] for uri in self.list_sizes(prefix)]
         with self._errors(prefix):
-            for i in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
-                batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[i : i + 1000]]
-                client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            _delete_keys(bucket, keys)  # leftovers are harmless (the caller says so): not raised
 
     def compose(self, uri: str, parts: list[tuple[str, int]], metadata: dict[str, str]) -> None:
         bucket, key = split_s3(uri)
@@ -387,3 +382,13 @@ class S3Transport:
             with contextlib.suppress(Exception):
                 client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
             raise
+
+
+def _delete_keys(bucket: str, keys: list[str]) -> list[str]:
+    """Delete ``keys`` of ``bucket``, 1,000 a DeleteObjects call; "uri: code" of each that was not."""
+    failed: list[str] = []
+    for i in range(0, len(keys), 1000):
+        batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[i : i + 1000]]
+        reply = client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        failed += [f"s3://{bucket}/{e.get('Key')}: {e.get('Code')}" for e in reply.get("Errors", [])]
+    return failed
