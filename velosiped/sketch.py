@@ -572,6 +572,13 @@ class Stats:
                 sketch._add_dense(self._table_low, row)
             self._table = None
 
+    @classmethod
+    def of_file(cls, features: Sequence[str], labels: bool) -> Stats:
+        """Empty statistics of one file: its ``features`` (names), its predictions as class labels or numbers."""
+        stats = cls(features, labels)
+        stats.files = 1
+        return stats
+
     def start(self, features: Sequence[str], labels: bool) -> None:
         """Gather one file's statistics from now on: its ``features`` (names), and its predictions as
         class labels or numbers."""

@@ -270,10 +270,8 @@ def _write(f: _File, prediction: np.ndarray, probabilities: np.ndarray | None, m
     writes it (the same bytes), and its statistics (with --stats) to store; False if anything
     went wrong."""
     m = f.p
-    stats = Stats() if m.get("stats") is True else None
+    stats = Stats.of_file(f.spec.columns, labels=hasattr(model, "classes_")) if m.get("stats") is True else None
     try:
-        if stats is not None:
-            stats.start(f.spec.columns, labels=hasattr(model, "classes_"))
         with storage.write_atomic(m["output"], lineage(m), small=True) as dst:  # grouped: its input is small
             out = _CsvOut(dst, f.names, m["sep"])
             start = 0
