@@ -188,6 +188,15 @@ def _lines(stdout: str) -> list[str]:
     return [line.rstrip() for line in stdout.splitlines() if line.strip()]
 
 
+COUNTERS = ("total", "queued", "running", "done", "failed")
+"""A batch's file counters, as `velo status --json` gives them."""
+
+
+def counters(batch: dict) -> dict:
+    """A batch's file counters alone, from what `velo status --json` says of it."""
+    return {k: batch[k] for k in COUNTERS}
+
+
 def batch_status(velo, redis_url: str, batch_id: str) -> dict:
     """`velo status BATCH --json`: the batch's description."""
     result = velo("status", batch_id, "--json", "--redis", redis_url, check=0, timeout=30)

@@ -15,6 +15,7 @@ import pytest
 from helpers import (
     assert_output_matches,
     batch_status,
+    counters,
     csv_bytes,
     expected_output,
     find_dispatch_line,
@@ -25,12 +26,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.e2e
-
-COUNTERS = ("total", "queued", "running", "done", "failed")
-
-
-def counters(batch: dict) -> dict:
-    return {k: batch[k] for k in COUNTERS}
 
 
 def through(proxy, **extra: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from helpers import (
     assert_last_velo_line,
     assert_output_matches,
     batch_status,
+    counters,
     csv_bytes,
     expected_output,
     find_dispatch_line,
@@ -50,13 +51,6 @@ LIVENESS = {"VELO_HEARTBEAT_TTL": "4", "VELO_MAINTENANCE_INTERVAL": "2"}
 def slowed(**extra: str) -> dict[str, str]:
     """Worker env: small blocks, short leases, and what loading a `slow_model` takes."""
     return {"VELO_BLOCK_SIZE": str(BLOCK), **LIVENESS, **WORKER_ENV, **extra}
-
-
-COUNTERS = ("total", "queued", "running", "done", "failed")
-
-
-def counters(batch: dict) -> dict:
-    return {k: batch[k] for k in COUNTERS}
 
 
 def background_batch_id(proc) -> str:

@@ -13,6 +13,7 @@ import redis
 from helpers import (
     assert_output_matches,
     batch_status,
+    counters,
     csv_bytes,
     dump_model,
     expected_output,
@@ -33,13 +34,8 @@ from slowmodel import WORKER_ENV, dump_slow_model
 
 pytestmark = pytest.mark.e2e
 
-COUNTERS = ("total", "queued", "running", "done", "failed")
 LIVENESS = {"VELO_HEARTBEAT_TTL": "4", "VELO_MAINTENANCE_INTERVAL": "2", **WORKER_ENV}
 """A dead worker's job lease runs out after 4 s; live workers look for such jobs every 2 s."""
-
-
-def counters(batch: dict) -> dict:
-    return {k: batch[k] for k in COUNTERS}
 
 
 def queue(url: str) -> Queue:

@@ -94,12 +94,17 @@ def test_the_same_files_for_another_output_or_model_are_not_held_by_a_group(redi
     assert enqueue_batch(redis, "velo", "/d", OPTS, [item(f"{i}.csv") for i in range(4)]).enqueued == 0
 
 
-def test_a_removed_group_job_makes_each_of_its_files_lost_and_retry_enqueues_each(redis, tmp_path):
+def three_files_queued_in_a_group(redis, tmp_path):
+    """Three small files of 3 rows in ``tmp_path``, queued as one group; their batch."""
     model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
     opts = Options(model=model, model_version=version_of(model), group_size=64)
     for i in range(3):
         (tmp_path / f"{i}.csv").write_bytes(csv_bytes(make_frame(3, seed=i)))
-    batch = enqueue_batch(redis, "velo", str(tmp_path), opts, list(plan(str(tmp_path), opts)))
+    return enqueue_batch(redis, "velo", str(tmp_path), opts, list(plan(str(tmp_path), opts)))
+
+
+def test_a_removed_group_job_makes_each_of_its_files_lost_and_retry_enqueues_each(redis, tmp_path):
+    batch = three_files_queued_in_a_group(redis, tmp_path)
     [jid] = [j.decode() for j in redis.lrange("rq:queue:velo", 0, -1)]
     # `rq empty`: the job goes, its payload and the files' states stay
     redis.delete(f"rq:job:{jid}")
@@ -113,11 +118,7 @@ def test_a_removed_group_job_makes_each_of_its_files_lost_and_retry_enqueues_eac
 
 
 def test_cancel_fails_each_file_of_a_queued_group(redis, tmp_path):
-    model = str(dump_model(fit_model(), tmp_path / "m.joblib"))
-    opts = Options(model=model, model_version=version_of(model), group_size=64)
-    for i in range(3):
-        (tmp_path / f"{i}.csv").write_bytes(csv_bytes(make_frame(3, seed=i)))
-    batch = enqueue_batch(redis, "velo", str(tmp_path), opts, list(plan(str(tmp_path), opts)))
+    batch = three_files_queued_in_a_group(redis, tmp_path)
     assert cancel(redis, "velo", {batch.id}, "interrupted") == 3
     assert make_queue(redis, "velo").get_job_ids() == []
     for i in range(3):

@@ -18,7 +18,15 @@ from dispatcher import sharding
 from dispatcher.enqueue import enqueue_batch, retry_failed
 from dispatcher.plan import Options, plan
 from dispatcher.status import describe
-from tests.helpers import assert_output_matches, csv_bytes, dump_model, expected_output, fit_model, make_frame
+from tests.helpers import (
+    a_payload,
+    assert_output_matches,
+    csv_bytes,
+    dump_model,
+    expected_output,
+    fit_model,
+    make_frame,
+)
 from velosiped import storage
 from velosiped.errors import ConfigError, InputError, StorageError
 from velosiped.jobs import job_id, shard_group, validate
@@ -132,20 +140,14 @@ def test_shard_sizes_parse():
 
 # ------------------------------------------------------------------------------------------ payloads
 
-BASE = {
-    "input": "s3://b/a.csv",
-    "input_version": "etag:1",
-    "output": "s3://b/a.out.csv",
-    "model": "s3://b/m.joblib",
-    "model_version": "etag:2",
-    "model_sha256": None,
-    "keep": None,
-    "proba": False,
-    "features": None,
-    "sep": ",",
-    "encoding": "utf-8",
-    "batch": "b1",
-}
+BASE = a_payload(
+    input="s3://b/a.csv",
+    input_version="etag:1",
+    output="s3://b/a.out.csv",
+    model="s3://b/m.joblib",
+    model_version="etag:2",
+    batch="b1",
+)
 
 
 def test_shard_field_is_optional_and_strict():
