@@ -544,3 +544,25 @@ def test_a_sharded_files_statistics_are_its_shards_merged_and_no_stats_gathers_n
     work(redis)
     assert describe(redis, quiet.id)["done"] == 2
     assert load_batch(redis, quiet.id).files == 0
+
+
+def test_a_groups_stale_error_files_are_deleted_but_never_one_that_resolves_outside_the_prefixes(tmp_path, monkeypatch):
+    """drop_stale_errors (a group's files): each error file is judged where it really is first; one
+    behind a symlink out of VELO_ALLOWED_PREFIXES stays, the others go in one delete_many."""
+    from velosiped.jobs import error_uri
+    from worker.shards import drop_stale_errors
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "in").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "link").symlink_to(outside)
+    monkeypatch.setenv("VELO_ALLOWED_PREFIXES", str(allowed))
+    inside_out, linked_out = str(allowed / "in" / "a.out.csv"), str(allowed / "link" / "b.out.csv")
+    for out in (inside_out, str(outside / "b.out.csv")):
+        with open(error_uri(out), "w") as f:
+            f.write("{}")
+
+    drop_stale_errors([a_payload(output=inside_out), a_payload(input="/b.csv", output=linked_out)])
+
+    assert not (allowed / "in" / "a.out.csv.error.json").exists()
+    assert (outside / "b.out.csv.error.json").exists(), "a refused path is never deleted"
